@@ -1,0 +1,211 @@
+"""Transform, lower and JIT one program; run it.  Runs inside a worker process.
+
+The user's function is kept as it is: a generated ``@__rl_harness`` takes
+inputs and outputs as memrefs, calls it, and writes each result into its
+output buffer with ``bufferization.materialize_in_destination`` (a tensor
+returned from a public function does not survive the JIT's C interface).
+"""
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import sys
+import sysconfig
+import time
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .program import DTYPES, TensorType
+
+HARNESS = "__rl_harness"
+
+
+def pipeline(parallel: bool) -> str:
+    """The one lowering pipeline: tensors -> bufferization -> loops -> LLVM.
+
+    With `parallel`, scf.forall becomes OpenMP; `finalize-memref-to-llvm` must
+    come before `convert-scf-to-cf` there, and `lower-affine` after
+    `expand-strided-metadata` (which makes affine.apply)."""
+    passes = [
+        "canonicalize", "cse", "inline",
+        "one-shot-bufferize{bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map}",
+        "buffer-deallocation-pipeline", "canonicalize",
+    ]
+    if parallel:
+        passes += ["scf-forall-to-parallel"]
+    passes += ["convert-linalg-to-loops", "convert-vector-to-scf", "lower-affine"]
+    if parallel:
+        passes += ["convert-scf-to-openmp"]
+    passes += ["expand-strided-metadata", "lower-affine", "finalize-memref-to-llvm", "convert-scf-to-cf",
+               "convert-vector-to-llvm"]
+    if parallel:
+        passes += ["convert-openmp-to-llvm"]
+    passes += ["convert-math-to-llvm", "convert-arith-to-llvm", "convert-index-to-llvm", "convert-cf-to-llvm",
+               "convert-func-to-llvm", "convert-ub-to-llvm", "reconcile-unrealized-casts"]
+    return "builtin.module(" + ",".join(passes) + ")"
+
+
+def find_openmp() -> Optional[str]:
+    """libiomp5.so from the `intel-openmp` wheel (the MLIR wheel ships no OpenMP)."""
+    env = os.environ.get("MLIR_RL_OPENMP_LIB")
+    if env:
+        return env
+    dirs = [os.path.join(sys.prefix, "lib"), sysconfig.get_config_var("LIBDIR") or ""]
+    dirs += glob.glob(os.path.join(sys.prefix, "lib", "python*", "site-packages", "*", "lib"))
+    for d in dirs:
+        p = os.path.join(d, "libiomp5.so")
+        if d and os.path.exists(p):
+            return p
+    return None
+
+
+class StageError(Exception):
+    """A failure in one stage (transform / compile), with MLIR's message."""
+
+    def __init__(self, stage: str, message: str, line: Optional[int] = None):
+        super().__init__(message)
+        self.stage, self.message, self.line = stage, message, line
+
+
+def _harness_text(func_name: str, inputs: Sequence[TensorType], outputs: Sequence[TensorType]) -> str:
+    args = [f"%in{i}: {t.memref}" for i, t in enumerate(inputs)]
+    args += [f"%out{i}: {t.memref}" for i, t in enumerate(outputs)]
+    body = [f"  %t{i} = bufferization.to_tensor %in{i} restrict : {t.memref} to {t.mlir}"
+            for i, t in enumerate(inputs)]
+    results = ", ".join(f"%r#{i}" for i in range(len(outputs))) if len(outputs) > 1 else "%r"
+    rtypes = ", ".join(t.mlir for t in outputs)
+    call_res = f"%r:{len(outputs)}" if len(outputs) > 1 else "%r"
+    body.append(f"  {call_res} = func.call @{func_name}({', '.join(f'%t{i}' for i in range(len(inputs)))}) : "
+                f"({', '.join(t.mlir for t in inputs)}) -> ({rtypes})")
+    for i, t in enumerate(outputs):
+        r = results.split(", ")[i]
+        body.append(f"  bufferization.materialize_in_destination {r} in restrict writable %out{i} : "
+                    f"({t.mlir}, {t.memref}) -> ()")
+    decl = f"func.func private @{func_name}({', '.join(t.mlir for t in inputs)}) -> ({rtypes})"
+    return (decl + f"\nfunc.func @{HARNESS}({', '.join(args)}) attributes {{llvm.emit_c_interface}} {{\n"
+            + "\n".join(body) + "\n  return\n}\n")
+
+
+def _collect(ctx):
+    errors: List[Tuple[str, Optional[int]]] = []
+
+    def handler(d):
+        from .errors import line_of
+        from torch_mlir import ir
+        if d.severity == ir.DiagnosticSeverity.ERROR:
+            msg = d.message + "".join(f" ({n.message})" for n in d.notes)
+            errors.append((msg, line_of(d.location)))
+        return True
+
+    ctx.attach_diagnostic_handler(handler)
+    return errors
+
+
+def compile_program(program_text: str, func_name: str, inputs: Sequence[TensorType],
+                    outputs: Sequence[TensorType], script: Optional[str], parallel: bool,
+                    opt_level: int = 3, openmp_lib: Optional[str] = None):
+    """Transform (if `script`), lower and JIT. Returns (engine, context, seconds).
+
+    Raises StageError("transform" | "compile", message, script line)."""
+    from torch_mlir import ir, passmanager
+    from torch_mlir.dialects.transform import interpreter
+    from torch_mlir.execution_engine import ExecutionEngine
+
+    t0 = time.perf_counter()
+    ctx = ir.Context()
+    errors = _collect(ctx)
+    with ctx, ir.Location.unknown():
+        module = ir.Module.parse(program_text)
+        if script:
+            tmod = ir.Module.parse(script)
+            named = [op for op in tmod.body.operations if op.operation.name == "transform.named_sequence"][0]
+            try:
+                interpreter.apply_named_sequence(module.operation, named, tmod)
+            except Exception as e:  # the interpreter raises ValueError / MLIRError
+                msg, line = errors[0] if errors else (str(e), None)
+                raise StageError("transform", _first_line_detail(str(e), msg), line) from None
+            if errors:  # a transform can report an error and carry on
+                raise StageError("transform", errors[0][0], errors[0][1])
+        func = [op for op in module.body.operations if op.operation.name == "func.func"][0]
+        func.operation.attributes["sym_visibility"] = ir.StringAttr.get("private")
+        harness = ir.Module.parse(_harness_text(func_name, inputs, outputs))
+        hop = harness.body.operations[1]
+        hop.detach_from_parent()
+        module.body.append(hop)
+        try:
+            passmanager.PassManager.parse(pipeline(parallel)).run(module.operation)
+        except Exception as e:
+            msg = errors[0][0] if errors else str(e)
+            raise StageError("compile", f"lowering failed: {msg}") from None
+        libs = [openmp_lib] if (parallel and openmp_lib) else []
+        if parallel and not openmp_lib:
+            raise StageError("compile", "parallel code needs libiomp5.so (pip install intel-openmp) "
+                                        "or MLIR_RL_OPENMP_LIB")
+        try:
+            engine = ExecutionEngine(module, opt_level=opt_level, shared_libs=libs)
+        except Exception as e:
+            raise StageError("compile", f"JIT failed: {errors[0][0] if errors else e}") from None
+    return engine, ctx, time.perf_counter() - t0
+
+
+def _first_line_detail(exc: str, diag: str) -> str:
+    # The interpreter's exception text repeats the diagnostic after a header line.
+    lines = [x.strip() for x in exc.splitlines() if x.strip()]
+    detail = [x for x in lines if x.startswith("Diagnostic message")]
+    if detail:
+        return detail[0].split(":", 2)[-1].strip() if diag == exc else diag
+    return diag
+
+
+def make_inputs(inputs: Sequence[TensorType], seed: int) -> List[np.ndarray]:
+    """Seeded random inputs (not zeros: a wrong loop bound must show in the result)."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for t in inputs:
+        dt = np.dtype(DTYPES[t.dtype])
+        if dt.kind == "f":
+            a = rng.standard_normal(t.shape).astype(dt)
+        elif dt.kind == "b":
+            a = rng.random(t.shape) < 0.5
+        else:
+            a = rng.integers(-8, 8, size=t.shape).astype(dt)
+        arrays.append(np.ascontiguousarray(a))
+    return arrays
+
+
+class Runner:
+    """Calls the harness on prepared buffers; `run()` returns seconds."""
+
+    def __init__(self, engine, inputs: Sequence[np.ndarray], outputs: Sequence[TensorType]):
+        from torch_mlir.runtime import get_ranked_memref_descriptor
+        self.engine = engine
+        self.outs = [np.zeros(t.shape, DTYPES[t.dtype]) for t in outputs]
+        self._keep = list(inputs) + self.outs
+        self.args = [ctypes.pointer(ctypes.pointer(get_ranked_memref_descriptor(a))) for a in self._keep]
+
+    def run(self) -> float:
+        t = time.perf_counter()
+        self.engine.invoke(HARNESS, *self.args)
+        return time.perf_counter() - t
+
+
+def compare(outs: Sequence[np.ndarray], refs: Sequence[np.ndarray], rtol: float, atol: float) -> Tuple[bool, float]:
+    """(correct, max abs error): floats within rtol * max|ref| + atol, others exact."""
+    worst, ok = 0.0, True
+    for o, r in zip(outs, refs):
+        if o.shape != r.shape:
+            return False, float("inf")
+        if o.dtype.kind == "f":
+            if not np.all(np.isfinite(o) == np.isfinite(r)):
+                return False, float("inf")
+            fin = np.isfinite(r)
+            err = float(np.max(np.abs(o[fin].astype(np.float64) - r[fin]), initial=0.0))
+            scale = float(np.max(np.abs(r[fin]), initial=0.0))
+            ok &= err <= rtol * scale + atol
+        else:
+            err = float(np.count_nonzero(o != r))
+            ok &= err == 0
+        worst = max(worst, err)
+    return bool(ok), worst

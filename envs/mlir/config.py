@@ -1,0 +1,117 @@
+"""Every setting of the MLIR layer, in three typed dataclasses.
+
+`FeatureConfig` fixes the feature-vector layout, `ActionConfig` the action
+space, `MeasureConfig` how programs are compiled, run, timed and cached.
+Each is validated in `__post_init__`, naming the setting at fault.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Tuple
+
+
+def _check(cond: bool, name: str, why: str) -> None:
+    if not cond:
+        raise ValueError(f"invalid setting {name}: {why}")
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (affinity), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Sizes of OpFeatures / ProducerOpFeatures / ActionHistory (MLIR-RL's layout)."""
+
+    max_loops: int = 12
+    """Loops per op; an op with more cannot be featurized."""
+    max_loads: int = 7
+    """Load (input) access matrices per op."""
+    max_access_dims: int = 12
+    """Rows (tensor dimensions) of one access matrix."""
+    max_bound: int = 1 << 14
+    """Upper bounds are normalized as log2(bound) / log2(max_bound), clipped to 1."""
+
+    def __post_init__(self):
+        for name in ("max_loops", "max_loads", "max_access_dims"):
+            _check(getattr(self, name) >= 1, name, "must be >= 1")
+        _check(self.max_bound >= 2, "max_bound", "must be >= 2")
+
+
+@dataclass(frozen=True)
+class ActionConfig:
+    """The action space: tile-size candidates, limits."""
+
+    tile_sizes: Tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    """Non-zero tile-size candidates (0 = untiled is always a choice)."""
+    max_actions_per_op: int = 6
+    """Actions per op, the ending NT or V included."""
+    vector_max_elements: int = 512
+    """V is allowed when every operand's vector has at most this many elements."""
+    unroll_factors: Tuple[int, ...] = (2, 4, 8)
+    """Choices of U."""
+
+    def __post_init__(self):
+        _check(len(self.tile_sizes) >= 1, "tile_sizes", "needs at least one size")
+        _check(all(isinstance(s, int) and s > 0 for s in self.tile_sizes), "tile_sizes",
+               f"sizes must be positive integers, got {self.tile_sizes}")
+        _check(list(self.tile_sizes) == sorted(set(self.tile_sizes)), "tile_sizes",
+               "sizes must be increasing and distinct")
+        _check(self.max_actions_per_op >= 1, "max_actions_per_op", "must be >= 1")
+        _check(self.vector_max_elements >= 1, "vector_max_elements", "must be >= 1")
+        _check(all(f >= 2 for f in self.unroll_factors) and len(self.unroll_factors) >= 1,
+               "unroll_factors", "factors must be >= 2")
+
+    @property
+    def tile_choices(self) -> Tuple[int, ...]:
+        """The per-loop choices a tile head picks from: 0 (untiled) then tile_sizes."""
+        return (0,) + tuple(self.tile_sizes)
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    """How programs are compiled, run, timed, checked and cached."""
+
+    repetitions: int = 5
+    """Timed runs; the reported time is their median."""
+    warmup: int = 1
+    """Untimed runs before the timed ones."""
+    threads: int = field(default_factory=available_cpus)
+    """OpenMP threads for parallel code (default: the CPUs this process may use)."""
+    workers: int = 1
+    """Worker processes in the pool (more than one competes for cores while timing)."""
+    compile_timeout_s: float = 120.0
+    """Transform + lowering + JIT limit per measurement."""
+    run_timeout_s: float = 60.0
+    """Limit for the warm-up and timed runs of one measurement."""
+    seed: int = 0
+    """Seed of the random inputs."""
+    rtol: float = 1e-3
+    """A float result is correct when max|out - ref| <= rtol * max|ref| + atol."""
+    atol: float = 1e-5
+    """Absolute part of the tolerance (for all-zero references)."""
+    opt_level: int = 3
+    """LLVM optimization level of the JIT."""
+    cache_dir: str = ""
+    """Parquet time cache folder; empty disables the cache."""
+    cache_flush_every: int = 8
+    """Cache records buffered before a new Parquet file is written."""
+    max_jobs_per_worker: int = 200
+    """A worker is replaced after this many jobs, bounding JIT memory growth."""
+
+    def __post_init__(self):
+        _check(self.repetitions >= 1, "repetitions", "must be >= 1")
+        _check(self.warmup >= 0, "warmup", "must be >= 0")
+        _check(self.threads >= 1, "threads", "must be >= 1")
+        _check(self.workers >= 1, "workers", "must be >= 1")
+        _check(self.compile_timeout_s > 0, "compile_timeout_s", "must be > 0")
+        _check(self.run_timeout_s > 0, "run_timeout_s", "must be > 0")
+        _check(self.rtol >= 0 and self.atol >= 0, "rtol/atol", "must be >= 0")
+        _check(self.opt_level in (0, 1, 2, 3), "opt_level", "must be 0..3")
+        _check(self.cache_flush_every >= 1, "cache_flush_every", "must be >= 1")
+        _check(self.max_jobs_per_worker >= 1, "max_jobs_per_worker", "must be >= 1")

@@ -1,0 +1,201 @@
+"""Schedule -> one transform-dialect script, and applying it to a module.
+
+`build_script` replays a schedule (validating every action) and writes one
+``transform.named_sequence @__transform_main``.  Each action writes its part
+through `ScriptBuilder`; the builder remembers which script lines each action
+wrote, so a failure reported by MLIR is pinned on the action that caused it.
+Ops are matched by their ``tag`` attribute, which tiling and peeling keep on
+every piece of an op.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+from .config import ActionConfig
+from .program import Program
+from .schedule import Action, OpState, ProgramState, Schedule, T, V
+
+ANY = "!transform.any_op"
+
+
+@dataclass(frozen=True)
+class Script:
+    """A transform script and, per line range, the action that wrote it."""
+
+    text: str
+    spans: Tuple[Tuple[int, int, str], ...]  # (first line, last line, "tag: action")
+    parallel: bool
+
+    def blame(self, line: Optional[int]) -> str:
+        """The action that wrote script line `line` (1-based), or the epilogue."""
+        if line is not None:
+            for first, last, who in self.spans:
+                if first <= line <= last:
+                    return who
+        return "vector lowering / cleanup"
+
+
+class ScriptBuilder:
+    """Writes transform ops; one handle list (`pieces`) per op being scheduled."""
+
+    def __init__(self):
+        self.lines: List[str] = []
+        self.n = 0
+        self.pieces: List[str] = []
+        self.vectorized = False
+        self.unrolls: List[Tuple[str, int]] = []
+
+    def fresh(self, stem: str = "h") -> str:
+        self.n += 1
+        return f"%{stem}{self.n}"
+
+    def add(self, line: str) -> None:
+        self.lines.append("    " + line)
+
+    def match_tag(self, tag: str) -> str:
+        h = self.fresh("m")
+        self.add(f'{h} = transform.structured.match attributes {{tag = "{tag}"}} in %root : ({ANY}) -> {ANY}')
+        return h
+
+    def split(self, handle: str, n: int) -> List[str]:
+        if n == 1:
+            return [handle]
+        names = [self.fresh("p") for _ in range(n)]
+        self.add(f"{', '.join(names)} = transform.split_handle {handle} : ({ANY}) -> ({', '.join([ANY] * n)})")
+        return names
+
+    def start_op(self, s: OpState) -> None:
+        self.pieces = self.split(self.match_tag(s.op.tag), len(s.pieces))
+
+    def canonicalize(self) -> None:
+        f = self.fresh("f")
+        self.add(f'{f} = transform.structured.match ops{{["func.func"]}} in %root : ({ANY}) -> {ANY}')
+        self.add(f"transform.apply_patterns to {f} {{ transform.apply_patterns.canonicalization }} : {ANY}")
+
+    def annotate(self, handle: str, attr: str, value: str) -> None:
+        p = self.fresh("s")
+        self.add(f'{p} = transform.param.constant "{value}" -> !transform.any_param')
+        self.add(f'transform.annotate {handle} "{attr}" = {p} : {ANY}, !transform.any_param')
+
+    # --- what actions call ------------------------------------------------------------
+    def tile_for(self, s: OpState, a: T) -> None:
+        order = a.order(s)
+        peeled = False
+        for handle, piece in zip(self.pieces, s.pieces):
+            tiles = a.piece_tiles(s, piece)
+            dims = [d for d in order if tiles[d]]
+            if not dims:
+                continue
+            t, loops = self.fresh("t"), [self.fresh("l") for _ in dims]
+            inter = f" interchange = [{', '.join(map(str, order))}]" if list(order) != sorted(order) else ""
+            self.add(f"{t}, {', '.join(loops)} = transform.structured.tile_using_for {handle} tile_sizes "
+                     f"[{', '.join(map(str, tiles))}]{inter} : ({ANY}) -> ({', '.join([ANY] * (1 + len(dims)))})")
+            for d, loop in zip(dims, loops):
+                if s.iterator_types[d] == "reduction":
+                    self.annotate(loop, "rl_loop", f"{s.op.tag}.a{len(s.actions)}.d{d}")
+            for d, loop in reversed(list(zip(dims, loops))):  # innermost first: outer handles stay valid
+                if piece[d] % tiles[d]:
+                    c, main, rem = self.fresh("c"), self.fresh("pm"), self.fresh("pr")
+                    self.add(f'{c} = transform.cast {loop} : {ANY} to !transform.op<"scf.for">')
+                    self.add(f'{main}, {rem} = transform.loop.peel {c} {{fail_if_already_divisible = false}} : '
+                             f'(!transform.op<"scf.for">) -> ({ANY}, {ANY})')
+                    peeled = True
+        if peeled:
+            self.canonicalize()  # fold the peeled bounds so every piece has a static shape
+        n_after = sum(len(a.split(s, p)) for p in s.pieces)
+        self.pieces = self.split(self.match_tag(s.op.tag), n_after)
+
+    def tile_forall(self, s: OpState, sizes: Sequence[int], fuse: Optional[str]) -> None:
+        t, fa = self.fresh("t"), self.fresh("fa")
+        self.add(f"{t}, {fa} = transform.structured.tile_using_forall {self.pieces[0]} tile_sizes "
+                 f"[{', '.join(map(str, sizes))}] : ({ANY}) -> ({ANY}, {ANY})")
+        if fuse:
+            prod = self.match_tag(fuse)
+            fused, fa2 = self.fresh("fu"), self.fresh("fa")
+            self.add(f"{fused}, {fa2} = transform.structured.fuse_into_containing_op {prod} into {fa} : "
+                     f"({ANY}, {ANY}) -> ({ANY}, {ANY})")
+        self.pieces = [t]
+
+    def vectorize(self, s: OpState) -> None:
+        for h in self.pieces:
+            if V.needs_decompose(s):
+                d = self.fresh("d")
+                self.add(f"{d} = transform.structured.decompose {h} : ({ANY}) -> {ANY}")
+                h = d
+            self.add(f"transform.structured.vectorize {h} {{create_named_contraction}} : {ANY}")
+        self.vectorized = True
+        self.pieces = []
+
+    def im2col(self, s: OpState) -> None:
+        col, res, g = self.fresh("i"), self.fresh("i"), self.fresh("g")
+        self.add(f"{col}, {res} = transform.structured.convert_conv2d_to_img2col {self.pieces[0]} : "
+                 f"({ANY}) -> ({ANY}, {ANY})")
+        # The contraction to schedule is the producer of the trailing expand_shape,
+        # which inherited the conv's tag: move the tag to the contraction.
+        self.add(f"{g} = transform.get_producer_of_operand {res}[0] : ({ANY}) -> {ANY}")
+        self.annotate(res, "tag", f"{s.op.tag}.im2col_reshape")
+        self.annotate(g, "tag", s.op.tag)
+        self.pieces = [g]
+
+    def unroll_later(self, loop_id: str, factor: int) -> None:
+        self.unrolls.append((loop_id, factor))
+
+    def epilogue(self) -> None:
+        self.canonicalize()
+        if self.vectorized:
+            f = self.fresh("f")
+            self.add(f'{f} = transform.structured.match ops{{["func.func"]}} in %root : ({ANY}) -> {ANY}')
+            # Outer products are what make FMAs; keep canonicalization in its own group
+            # (mixed with shape-cast lowering it does not terminate).
+            self.add(f"transform.apply_patterns to {f} {{")
+            self.add('  transform.apply_patterns.vector.lower_contraction lowering_strategy = "outerproduct"')
+            self.add("  transform.apply_patterns.vector.lower_outerproduct")
+            self.add("  transform.apply_patterns.vector.transfer_permutation_patterns")
+            self.add(f"}} : {ANY}")
+            self.canonicalize()
+            loops = self.fresh("k")
+            self.add(f'{loops} = transform.structured.match ops{{["scf.for"]}} in %root : ({ANY}) -> {ANY}')
+            self.add(f"transform.foreach {loops} : {ANY} {{")
+            self.add(f"^bb0(%loop: {ANY}):")
+            self.add(f"  transform.loop.hoist_loop_invariant_subsets %loop : {ANY}")
+            self.add("}")
+        for loop_id, factor in self.unrolls:
+            u = self.fresh("u")
+            self.add(f'{u} = transform.structured.match ops{{["scf.for"]}} attributes {{rl_loop = "{loop_id}"}} '
+                     f"in %root : ({ANY}) -> {ANY}")
+            self.add(f"transform.foreach {u} : {ANY} {{")
+            self.add(f"^bb0(%loop: {ANY}):")
+            self.add(f"  transform.loop.unroll %loop {{factor = {factor}}} : {ANY}")
+            self.add("}")
+
+
+_HEADER = ("module attributes {transform.with_named_sequence} {\n"
+           "  transform.named_sequence @__transform_main(%root: !transform.any_op {transform.readonly}) {")
+_FOOTER = "    transform.yield\n  }\n}\n"
+
+
+def build_script(program: Program, schedule: Schedule, cfg: ActionConfig = ActionConfig()) -> Optional[Script]:
+    """The transform script of a schedule (None for the untransformed program).
+
+    Raises `ScheduleError` for a schedule that does not fit the program."""
+    ps = ProgramState.replay(program, schedule, cfg)
+    if ps.schedule().is_empty:
+        return None
+    b = ScriptBuilder()
+    spans = []
+    header_lines = _HEADER.count("\n") + 1
+    for tag in ps.order:
+        states: List[OpState] = ps.history[tag]
+        actions: Tuple[Action, ...] = ps.states[tag].actions
+        if not actions or all(a.name == "NT" for a in actions):
+            continue
+        first = len(b.lines)
+        b.start_op(states[0])
+        for s, a in zip(states, actions):
+            start = len(b.lines) if a is not actions[0] else first
+            a.emit(b, s, ps)
+            spans.append((header_lines + start + 1, header_lines + len(b.lines), f"{tag}: {a}"))
+    b.epilogue()
+    text = _HEADER + "\n" + "\n".join(b.lines) + "\n" + _FOOTER
+    return Script(text, tuple(spans), ps.schedule().parallel)
