@@ -231,8 +231,8 @@ class _Tiling(Action):
             return why
         if len(self.sizes) != s.num_loops:
             return f"{self.name} needs {s.num_loops} tile sizes (one per loop), got {len(self.sizes)}"
-        if not any(self.sizes):
-            return f"{self.name} needs at least one non-zero tile size"
+        if not any(0 < t < bd for t, bd in zip(self.sizes, s.bounds)):
+            return f"{self.name} needs a tile size smaller than its loop's bound"
         for d, size in enumerate(self.sizes):
             why = self.size_ok(s, d, size)
             if why:
@@ -254,8 +254,8 @@ def _forall_size_ok(s: OpState, d: int, size: int) -> Optional[str]:
     if s.iterator_types[d] != "parallel":
         return "only parallel loops can be tiled in parallel"
     b = s.bounds[d]
-    if size >= b:
-        return f"size {size} does not split bound {b}"
+    if size > b:
+        return f"size {size} exceeds bound {b}"
     if b % size:
         return f"size {size} does not divide bound {b} (parallel tiles are not peeled)"
     return None

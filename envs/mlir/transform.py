@@ -149,9 +149,18 @@ class ScriptBuilder:
             # Outer products are what make FMAs; keep canonicalization in its own group
             # (mixed with shape-cast lowering it does not terminate).
             self.add(f"transform.apply_patterns to {f} {{")
+            self.add("  transform.apply_patterns.vector.reduction_to_contract")
+            self.add("  transform.apply_patterns.vector.cast_away_vector_leading_one_dim")
             self.add('  transform.apply_patterns.vector.lower_contraction lowering_strategy = "outerproduct"')
             self.add("  transform.apply_patterns.vector.lower_outerproduct")
             self.add("  transform.apply_patterns.vector.transfer_permutation_patterns")
+            self.add(f"}} : {ANY}")
+            # n-D vectors that LLVM cannot take: break them into 1-D ones.
+            self.add(f"transform.apply_patterns to {f} {{")
+            self.add("  transform.apply_patterns.vector.lower_broadcast")
+            self.add("  transform.apply_patterns.vector.lower_transpose")
+            self.add("  transform.apply_patterns.vector.lower_shape_cast")
+            self.add("  transform.apply_patterns.vector.lower_transfer max_transfer_rank = 1")
             self.add(f"}} : {ANY}")
             self.canonicalize()
             loops = self.fresh("k")

@@ -6,7 +6,7 @@ Workers stay alive between jobs (imports and set-up paid once).  A worker that
 passes its compile or run timeout is killed; one that dies (SIGSEGV, SIGABRT)
 is reported as ``crash`` with the signal.  Either way a fresh one replaces it.
 
-Workers are plain subprocesses (``python -m envs.mlir.worker``), not
+Workers are plain subprocesses (``python -m envs.mlir._workerproc``), not
 multiprocessing children, so that no user ``__main__`` is re-imported and the
 pool works the same inside a Ray actor.  Protocol (a pair of pipes per worker): the parent sends a job dict;
 the worker answers ``("compiled", seconds)`` and then ``("result", dict)``, or
@@ -112,7 +112,7 @@ class _Worker:
         env = dict(os.environ)
         env["PYTHONPATH"] = _ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "envs.mlir.worker", str(to_child_r), str(from_child_w), str(threads)],
+            [sys.executable, "-m", "envs.mlir._workerproc", str(to_child_r), str(from_child_w), str(threads)],
             pass_fds=(to_child_r, from_child_w), env=env, stdin=subprocess.DEVNULL, cwd=_ROOT)
         os.close(to_child_r)
         os.close(from_child_w)
@@ -223,6 +223,3 @@ class WorkerPool:
     def __exit__(self, *exc):
         self.close()
 
-
-if __name__ == "__main__":
-    _serve(_Conn(int(sys.argv[1]), int(sys.argv[2])), int(sys.argv[3]))

@@ -1,0 +1,176 @@
+"""Measure a (program, schedule): cache lookup, else compile, run, time and check.
+
+`Measurer` is the one entry point the rest of the project uses.  The
+untransformed program (the empty schedule) is the baseline: it is measured
+and cached like any schedule, and its outputs on the seeded inputs are the
+reference every scheduled result is compared with (kept in memory and, with
+a cache folder, on disk beside the Parquet files).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from .cache import Measurement, TimeCache, machine_fingerprint, now
+from .config import ActionConfig, MeasureConfig
+from .errors import MlirInputError
+from .program import Program
+from .schedule import Schedule
+from .transform import Script, build_script
+from .worker import OK, WorkerPool
+
+
+@dataclass(frozen=True)
+class Result:
+    """A schedule's measurement beside its program's baseline."""
+
+    baseline: Measurement
+    measurement: Measurement
+
+    @property
+    def speedup(self) -> Optional[float]:
+        """baseline / scheduled time, only for a correct result."""
+        if self.measurement.ok and self.baseline.ok and self.measurement.time_s:
+            return self.baseline.time_s / self.measurement.time_s
+        return None
+
+
+class Measurer:
+    """Measures schedules through a worker pool and a time cache."""
+
+    def __init__(self, config: MeasureConfig = MeasureConfig(), actions: ActionConfig = ActionConfig()):
+        self.cfg = config
+        self.actions = actions
+        self.fingerprint = machine_fingerprint(config.threads, config.opt_level)
+        self.cache = TimeCache(config.cache_dir, config.cache_flush_every) if config.cache_dir else None
+        self._pool: Optional[WorkerPool] = None
+        self._pool_lock = threading.Lock()
+        self._refs: "OrderedDict[str, List[np.ndarray]]" = OrderedDict()
+        self.counts: Dict[str, float] = {"measured": 0, "cache_hits": 0, "compile_s": 0.0, "wall_s": 0.0}
+
+    @property
+    def pool(self) -> WorkerPool:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = WorkerPool(self.cfg.threads, self.cfg.workers, self.cfg.max_jobs_per_worker)
+            return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        if self.cache is not None:
+            self.cache.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # --- public -----------------------------------------------------------------------
+    def baseline(self, program: Program) -> Measurement:
+        return self.measure(program, Schedule.empty(program))
+
+    def measure(self, program: Program, schedule: Schedule) -> Measurement:
+        """Measure one schedule (a cache hit compiles nothing).
+
+        Raises ScheduleError for a schedule that does not fit the program and
+        MlirInputError when the untransformed program itself cannot run."""
+        schedule = schedule.for_program(program)
+        text = str(schedule)
+        key = (program.hash, text, self.fingerprint)
+        if self.cache is not None:
+            hit = self.cache.get(key)
+            if hit is not None:
+                self.counts["cache_hits"] += 1
+                return hit
+        if schedule.is_empty:
+            return self._run_baseline(program)
+        script = build_script(program, schedule, self.actions)
+        ref = self._reference(program)
+        res = self._job(program, script, reference=ref)
+        return self._record(program, text, res)
+
+    def evaluate(self, program: Program, schedule: Schedule) -> Result:
+        base = self.baseline(program)
+        if not base.ok:
+            raise MlirInputError(program.source, f"the untransformed program does not run: {base.status}: "
+                                 f"{base.message}")
+        return Result(base, self.measure(program, schedule))
+
+    # --- internals ----------------------------------------------------------------------
+    def _job(self, program: Program, script: Optional[Script], reference=None, want_output=False) -> dict:
+        c = self.cfg
+        job = {"program": program.text, "func": program.func_name, "inputs": program.inputs,
+               "outputs": program.outputs, "script": script.text if script else None,
+               "parallel": bool(script and script.parallel), "repetitions": c.repetitions, "warmup": c.warmup,
+               "seed": c.seed, "reference": reference, "want_output": want_output, "rtol": c.rtol,
+               "atol": c.atol, "opt_level": c.opt_level}
+        res = self.pool.run(job, c.compile_timeout_s, c.run_timeout_s)
+        if script is not None and res.get("line") is not None:
+            res["message"] = f"{script.blame(res['line'])}: {res['message']}"
+        self.counts["measured"] += 1
+        self.counts["compile_s"] += res.get("compile_s") or 0.0
+        self.counts["wall_s"] += res.get("wall_s") or 0.0
+        return res
+
+    def _record(self, program: Program, schedule_text: str, res: dict) -> Measurement:
+        m = Measurement(program_hash=program.hash, schedule=schedule_text, fingerprint=self.fingerprint,
+                        status=res["status"], time_s=res.get("time_s"), compile_s=res.get("compile_s"),
+                        message=res.get("message", ""), date=now(), program_name=program.name,
+                        threads=self.cfg.threads, max_error=res.get("max_error"))
+        if self.cache is not None:
+            self.cache.put(m)
+        return m
+
+    def _run_baseline(self, program: Program) -> Measurement:
+        res = self._job(program, None, want_output=True)
+        if res["status"] == OK:
+            self._keep_reference(program, res.pop("outputs"))
+        return self._record(program, str(Schedule.empty(program)), res)
+
+    def _ref_path(self, program: Program) -> Optional[str]:
+        if not self.cfg.cache_dir:
+            return None
+        return os.path.join(self.cfg.cache_dir, "references", f"{program.hash}-seed{self.cfg.seed}.npz")
+
+    def _keep_reference(self, program: Program, outputs: List[np.ndarray]) -> None:
+        self._refs[program.hash] = outputs
+        self._refs.move_to_end(program.hash)
+        while len(self._refs) > 16:  # bounded: references of big programs are MBs
+            self._refs.popitem(last=False)
+        path = self._ref_path(program)
+        if path and not os.path.exists(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = path + f".{os.getpid()}.tmp.npz"
+            np.savez(tmp, *outputs)
+            os.replace(tmp, path)
+
+    def _reference(self, program: Program) -> List[np.ndarray]:
+        ref = self._refs.get(program.hash)
+        if ref is not None:
+            return ref
+        path = self._ref_path(program)
+        if path and os.path.exists(path):
+            try:
+                with np.load(path) as z:
+                    ref = [z[f"arr_{i}"] for i in range(len(z.files))]
+                self._refs[program.hash] = ref
+                return ref
+            except Exception:
+                pass  # unreadable reference: measure the baseline again
+        res = self._job(program, None, want_output=True)
+        if res["status"] != OK:
+            m = self._record(program, str(Schedule.empty(program)), res)
+            raise MlirInputError(program.source, f"the untransformed program does not run: {m.status}: {m.message}")
+        self._keep_reference(program, res["outputs"])
+        if self.cache is not None and self.cache.get((program.hash, str(Schedule.empty(program)),
+                                                      self.fingerprint)) is None:
+            self._record(program, str(Schedule.empty(program)), res)
+        return res["outputs"]
