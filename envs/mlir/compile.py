@@ -22,17 +22,20 @@ from .program import DTYPES, TensorType
 HARNESS = "__rl_harness"
 
 
-def pipeline(parallel: bool) -> str:
+def pipeline(parallel: bool) -> Tuple[str, str]:
     """The one lowering pipeline: tensors -> bufferization -> loops -> LLVM.
 
-    With `parallel`, scf.forall becomes OpenMP; `finalize-memref-to-llvm` must
-    come before `convert-scf-to-cf` there, and `lower-affine` after
-    `expand-strided-metadata` (which makes affine.apply)."""
-    passes = [
+    Two halves: between them `_copies_to_linalg` rewrites strided memref.copy
+    (from tensor.pad and slices), whose lowering calls `memrefCopy`, a runtime
+    function the wheel does not ship.  With `parallel`, scf.forall becomes
+    OpenMP; `finalize-memref-to-llvm` must come before `convert-scf-to-cf`
+    there, and `lower-affine` after `expand-strided-metadata` (which makes
+    affine.apply)."""
+    first = [
         "canonicalize", "cse", "inline",
         "one-shot-bufferize{bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map}",
-        "buffer-deallocation-pipeline", "canonicalize",
     ]
+    passes = ["buffer-deallocation-pipeline", "canonicalize"]
     if parallel:
         passes += ["scf-forall-to-parallel"]
     passes += ["convert-linalg-to-loops", "convert-vector-to-scf", "lower-affine"]
@@ -44,7 +47,25 @@ def pipeline(parallel: bool) -> str:
         passes += ["convert-openmp-to-llvm"]
     passes += ["convert-math-to-llvm", "convert-arith-to-llvm", "convert-index-to-llvm", "convert-cf-to-llvm",
                "convert-func-to-llvm", "convert-ub-to-llvm", "reconcile-unrealized-casts"]
-    return "builtin.module(" + ",".join(passes) + ")"
+    return "builtin.module(" + ",".join(first) + ")", "builtin.module(" + ",".join(passes) + ")"
+
+
+def _copies_to_linalg(module) -> None:
+    """Rewrite each non-contiguous memref.copy as linalg.copy (lowered to loops)."""
+    from torch_mlir import ir
+    from torch_mlir.dialects import linalg
+    copies = []
+
+    def visit(op):
+        if op.name == "memref.copy" and any("strided" in str(v.type) for v in op.operands):
+            copies.append(op)
+        return ir.WalkResult.ADVANCE
+
+    module.operation.walk(visit)
+    for c in copies:
+        with ir.InsertionPoint(c):
+            linalg.copy(c.operands[0], outs=[c.operands[1]])
+        c.erase()
 
 
 def find_openmp() -> Optional[str]:
@@ -135,7 +156,10 @@ def compile_program(program_text: str, func_name: str, inputs: Sequence[TensorTy
         hop.detach_from_parent()
         module.body.append(hop)
         try:
-            passmanager.PassManager.parse(pipeline(parallel)).run(module.operation)
+            first, rest = pipeline(parallel)
+            passmanager.PassManager.parse(first).run(module.operation)
+            _copies_to_linalg(module)
+            passmanager.PassManager.parse(rest).run(module.operation)
         except Exception as e:
             msg = errors[0][0] if errors else str(e)
             raise StageError("compile", f"lowering failed: {msg}") from None
@@ -145,6 +169,7 @@ def compile_program(program_text: str, func_name: str, inputs: Sequence[TensorTy
                                         "or MLIR_RL_OPENMP_LIB")
         try:
             engine = ExecutionEngine(module, opt_level=opt_level, shared_libs=libs)
+            engine.lookup(HARNESS)  # materializes the code: missing symbols fail here, not in a run
         except Exception as e:
             raise StageError("compile", f"JIT failed: {errors[0][0] if errors else e}") from None
     return engine, ctx, time.perf_counter() - t0

@@ -62,6 +62,8 @@ def _measure(job: Dict[str, Any], conn, openmp) -> Dict[str, Any]:
     except cc.StageError as e:
         status = TRANSFORM_FAILED if e.stage == "transform" else COMPILE_FAILED
         return {"status": status, "message": e.message, "line": e.line}
+    except Exception as e:  # a binding error we did not foresee: still a status, never a dead worker
+        return {"status": COMPILE_FAILED, "message": f"{type(e).__name__}: {e}"}
     conn.send(("compiled", compile_s))
     runner = cc.Runner(engine, cc.make_inputs(job["inputs"], job.get("seed", 0)), job["outputs"])
     for _ in range(job.get("warmup", 1)):
