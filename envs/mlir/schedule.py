@@ -225,6 +225,22 @@ class _Tiling(Action):
         """Validity of one loop's size (the mask of one tile head)."""
         raise NotImplementedError
 
+    @classmethod
+    def state_problem(cls, s: OpState, cfg: ActionConfig) -> Optional[str]:
+        """Why this tiling cannot apply in this state, whatever the sizes."""
+        raise NotImplementedError
+
+    @classmethod
+    def available(cls, s, cfg):
+        why = cls.state_problem(s, cfg)
+        if why:
+            return why
+        probe = cls((0,) * s.num_loops)
+        if not any(0 < c < b and probe.size_ok(s, d, c) is None
+                   for d, b in enumerate(s.bounds) for c in cfg.tile_sizes):
+            return "no candidate tile size splits a loop"
+        return None
+
     def check(self, s, cfg):
         why = self.available(s, cfg)
         if why:
@@ -269,8 +285,6 @@ def _forall_available(s: OpState, cfg: ActionConfig, name: str) -> Optional[str]
         return "the op is already inside a parallel loop"
     if s.tiled:
         return f"{name} must come before any other tiling"
-    if not any(t == "parallel" and b > 1 for t, b in zip(s.iterator_types, s.bounds)):
-        return "no parallel loop to split"
     return None
 
 
@@ -280,13 +294,8 @@ class T(_Tiling):
     name = "T"
 
     @classmethod
-    def available(cls, s, cfg):
-        why = _common_block(s, cfg, cls.name)
-        if why:
-            return why
-        if all(b <= 1 for b in s.bounds):
-            return "every loop has bound 1"
-        return None
+    def state_problem(cls, s, cfg):
+        return _common_block(s, cfg, cls.name)
 
     def size_ok(self, s, d, size):
         if size == 0:
@@ -339,7 +348,7 @@ class TP(_Tiling):
     name = "TP"
 
     @classmethod
-    def available(cls, s, cfg):
+    def state_problem(cls, s, cfg):
         return _forall_available(s, cfg, cls.name)
 
     def size_ok(self, s, d, size):
@@ -363,7 +372,7 @@ class TF(_Tiling):
     name = "TF"
 
     @classmethod
-    def available(cls, s, cfg):
+    def state_problem(cls, s, cfg):
         why = _forall_available(s, cfg, cls.name)
         if why:
             return why
@@ -468,6 +477,8 @@ class U(Action):
             return "already unrolled"
         if cls.target(s) is None:
             return "the last tiling made no reduction loop"
+        if cls.target(s)[2] < min(cfg.unroll_factors):
+            return f"the loop runs {cls.target(s)[2]} times, too few to unroll"
         return None
 
     def check(self, s, cfg):
@@ -552,7 +563,7 @@ class I2C(Action):
             return why
         if s.name not in _IM2COL or s.name != s.op.name:
             return f"im2col applies to untransformed {', '.join(_IM2COL)} only"
-        if s.tiled or s.parallel:
+        if s.tiled:
             return "im2col must come before any tiling"
         return None
 

@@ -1,0 +1,137 @@
+"""Shared fixtures: small Linalg programs inline (real MLIR) and one Measurer."""
+import os
+
+import pytest
+
+from envs.mlir import MeasureConfig, Measurer, Program
+
+MATMUL = """
+func.func @mm(%a: tensor<24x32xf32>, %b: tensor<32x40xf32>) -> tensor<24x40xf32> {
+  %z = arith.constant 0.0 : f32
+  %e = tensor.empty() : tensor<24x40xf32>
+  %f = linalg.fill ins(%z : f32) outs(%e : tensor<24x40xf32>) -> tensor<24x40xf32>
+  %r = linalg.matmul ins(%a, %b : tensor<24x32xf32>, tensor<32x40xf32>) outs(%f : tensor<24x40xf32>) -> tensor<24x40xf32>
+  return %r : tensor<24x40xf32>
+}
+"""
+
+# conv 3x3 NHWC + bias + relu (a generic with a broadcast bias).
+CONV = """
+func.func @conv(%i: tensor<1x10x10x8xf32>, %w: tensor<3x3x8x16xf32>, %b: tensor<16xf32>) -> tensor<1x8x8x16xf32> {
+  %z = arith.constant 0.0 : f32
+  %e = tensor.empty() : tensor<1x8x8x16xf32>
+  %f = linalg.fill ins(%z : f32) outs(%e : tensor<1x8x8x16xf32>) -> tensor<1x8x8x16xf32>
+  %c = linalg.conv_2d_nhwc_hwcf {dilations = dense<1> : tensor<2xi64>, strides = dense<1> : tensor<2xi64>}
+         ins(%i, %w : tensor<1x10x10x8xf32>, tensor<3x3x8x16xf32>) outs(%f : tensor<1x8x8x16xf32>) -> tensor<1x8x8x16xf32>
+  %y = linalg.generic {indexing_maps = [affine_map<(n,h,w,c) -> (n,h,w,c)>, affine_map<(n,h,w,c) -> (c)>,
+                                        affine_map<(n,h,w,c) -> (n,h,w,c)>],
+                       iterator_types = ["parallel", "parallel", "parallel", "parallel"]}
+         ins(%c, %b : tensor<1x8x8x16xf32>, tensor<16xf32>) outs(%e : tensor<1x8x8x16xf32>) {
+  ^bb0(%x: f32, %bb: f32, %o: f32):
+    %s = arith.addf %x, %bb : f32
+    %r = arith.maximumf %s, %z : f32
+    linalg.yield %r : f32
+  } -> tensor<1x8x8x16xf32>
+  return %y : tensor<1x8x8x16xf32>
+}
+"""
+
+CONV_NCHW = """
+func.func @c(%x: tensor<1x8x10x10xf32>, %k: tensor<16x8x3x3xf32>) -> tensor<1x16x4x4xf32> {
+  %z = arith.constant 0.0 : f32
+  %e = tensor.empty() : tensor<1x16x4x4xf32>
+  %f = linalg.fill ins(%z : f32) outs(%e : tensor<1x16x4x4xf32>) -> tensor<1x16x4x4xf32>
+  %r = linalg.conv_2d_nchw_fchw {dilations = dense<1> : tensor<2xi64>, strides = dense<2> : tensor<2xi64>}
+         ins(%x, %k : tensor<1x8x10x10xf32>, tensor<16x8x3x3xf32>) outs(%f : tensor<1x16x4x4xf32>) -> tensor<1x16x4x4xf32>
+  return %r : tensor<1x16x4x4xf32>
+}
+"""
+
+DEPTHWISE = """
+func.func @dw(%x: tensor<1x10x10x16xf32>, %k: tensor<3x3x16xf32>) -> tensor<1x8x8x16xf32> {
+  %z = arith.constant 0.0 : f32
+  %e = tensor.empty() : tensor<1x8x8x16xf32>
+  %f = linalg.fill ins(%z : f32) outs(%e : tensor<1x8x8x16xf32>) -> tensor<1x8x8x16xf32>
+  %r = linalg.depthwise_conv_2d_nhwc_hwc {dilations = dense<1> : tensor<2xi64>, strides = dense<1> : tensor<2xi64>}
+         ins(%x, %k : tensor<1x10x10x16xf32>, tensor<3x3x16xf32>) outs(%f : tensor<1x8x8x16xf32>) -> tensor<1x8x8x16xf32>
+  return %r : tensor<1x8x8x16xf32>
+}
+"""
+
+POOL = """
+func.func @pool(%x: tensor<1x18x18x16xf32>) -> (tensor<1x8x8x16xf32>, tensor<1x16x8x8xf32>) {
+  %ninf = arith.constant -3.4e38 : f32
+  %w = tensor.empty() : tensor<3x3xf32>
+  %e = tensor.empty() : tensor<1x8x8x16xf32>
+  %f = linalg.fill ins(%ninf : f32) outs(%e : tensor<1x8x8x16xf32>) -> tensor<1x8x8x16xf32>
+  %r = linalg.pooling_nhwc_max {dilations = dense<1> : tensor<2xi64>, strides = dense<2> : tensor<2xi64>}
+         ins(%x, %w : tensor<1x18x18x16xf32>, tensor<3x3xf32>) outs(%f : tensor<1x8x8x16xf32>) -> tensor<1x8x8x16xf32>
+  %et = tensor.empty() : tensor<1x16x8x8xf32>
+  %t = linalg.transpose ins(%r : tensor<1x8x8x16xf32>) outs(%et : tensor<1x16x8x8xf32>) permutation = [0, 3, 1, 2]
+  return %r, %t : tensor<1x8x8x16xf32>, tensor<1x16x8x8xf32>
+}
+"""
+
+ELEMENTWISE = """
+func.func @ew(%a: tensor<16x64xf32>, %b: tensor<16x64xf32>, %v: tensor<64xf32>) -> tensor<16x64xf32> {
+  %e = tensor.empty() : tensor<16x64xf32>
+  %s = linalg.add ins(%a, %b : tensor<16x64xf32>, tensor<16x64xf32>) outs(%e : tensor<16x64xf32>) -> tensor<16x64xf32>
+  %bc = linalg.broadcast ins(%v : tensor<64xf32>) outs(%e : tensor<16x64xf32>) dimensions = [0]
+  %m = linalg.mul ins(%s, %bc : tensor<16x64xf32>, tensor<16x64xf32>) outs(%e : tensor<16x64xf32>) -> tensor<16x64xf32>
+  %x = linalg.exp ins(%m : tensor<16x64xf32>) outs(%e : tensor<16x64xf32>) -> tensor<16x64xf32>
+  return %x : tensor<16x64xf32>
+}
+"""
+
+BATCH = """
+func.func @bmm(%a: tensor<2x16x32xf32>, %b: tensor<2x32x24xf32>, %m: tensor<24x32xf32>, %v: tensor<32xf32>)
+    -> (tensor<2x16x24xf32>, tensor<24xf32>) {
+  %z = arith.constant 0.0 : f32
+  %e = tensor.empty() : tensor<2x16x24xf32>
+  %f = linalg.fill ins(%z : f32) outs(%e : tensor<2x16x24xf32>) -> tensor<2x16x24xf32>
+  %r = linalg.batch_matmul ins(%a, %b : tensor<2x16x32xf32>, tensor<2x32x24xf32>) outs(%f : tensor<2x16x24xf32>) -> tensor<2x16x24xf32>
+  %ev = tensor.empty() : tensor<24xf32>
+  %fv = linalg.fill ins(%z : f32) outs(%ev : tensor<24xf32>) -> tensor<24xf32>
+  %mv = linalg.matvec ins(%m, %v : tensor<24x32xf32>, tensor<32xf32>) outs(%fv : tensor<24xf32>) -> tensor<24xf32>
+  return %r, %mv : tensor<2x16x24xf32>, tensor<24xf32>
+}
+"""
+
+# A real program that segfaults: it reads 2^40 elements past its input.
+SEGFAULT = """
+func.func @segv(%a: tensor<16xf32>) -> tensor<16xf32> {
+  %e = tensor.empty() : tensor<16xf32>
+  %r = linalg.generic {indexing_maps = [affine_map<(d0) -> (d0)>], iterator_types = ["parallel"]} outs(%e : tensor<16xf32>) {
+  ^bb0(%o: f32):
+    %i = linalg.index 0 : index
+    %big = arith.constant 1099511627776 : index
+    %j = arith.addi %i, %big : index
+    %v = tensor.extract %a[%j] : tensor<16xf32>
+    linalg.yield %v : f32
+  } -> tensor<16xf32>
+  return %r : tensor<16xf32>
+}
+"""
+
+PROGRAMS = {"matmul": MATMUL, "conv": CONV, "conv_nchw": CONV_NCHW, "depthwise": DEPTHWISE, "pool": POOL,
+            "elementwise": ELEMENTWISE, "batch": BATCH}
+
+
+@pytest.fixture(scope="session")
+def programs():
+    return {k: Program.from_text(v, f"{k}.mlir") for k, v in PROGRAMS.items()}
+
+
+@pytest.fixture(scope="session")
+def measurer(tmp_path_factory):
+    """One worker pool and cache for the session (2 threads, 3 timed runs)."""
+    cache = tmp_path_factory.mktemp("cache")
+    m = Measurer(MeasureConfig(threads=2, repetitions=3, cache_dir=str(cache), compile_timeout_s=60,
+                               run_timeout_s=30))
+    yield m
+    m.close()
+
+
+def pytest_configure(config):
+    # Worker processes find the package from the repository root.
+    os.environ.setdefault("PYTHONPATH", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
