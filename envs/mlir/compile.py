@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+import re
 import sys
 import sysconfig
 import time
@@ -17,6 +18,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .errors import line_of
 from .program import DTYPES, TensorType
 
 HARNESS = "__rl_harness"
@@ -113,7 +115,6 @@ def _collect(ctx):
     errors: List[Tuple[str, Optional[int]]] = []
 
     def handler(d):
-        from .errors import line_of
         from torch_mlir import ir
         if d.severity == ir.DiagnosticSeverity.ERROR:
             msg = d.message + "".join(f" ({n.message})" for n in d.notes)
@@ -140,13 +141,18 @@ def compile_program(program_text: str, func_name: str, inputs: Sequence[TensorTy
     with ctx, ir.Location.unknown():
         module = ir.Module.parse(program_text)
         if script:
-            tmod = ir.Module.parse(script)
+            try:
+                tmod = ir.Module.parse(script)
+            except ir.MLIRError as e:
+                d = list(e.error_diagnostics)
+                raise StageError("transform", f"invalid transform script: {d[0].message if d else e}",
+                                 line_of(d[0].location) if d else None) from None
             named = [op for op in tmod.body.operations if op.operation.name == "transform.named_sequence"][0]
             try:
                 interpreter.apply_named_sequence(module.operation, named, tmod)
             except Exception as e:  # the interpreter raises ValueError / MLIRError
-                msg, line = errors[0] if errors else (str(e), None)
-                raise StageError("transform", _first_line_detail(str(e), msg), line) from None
+                msg, line = errors[0] if errors else _interpreter_error(str(e))
+                raise StageError("transform", msg, line) from None
             if errors:  # a transform can report an error and carry on
                 raise StageError("transform", errors[0][0], errors[0][1])
         func = [op for op in module.body.operations if op.operation.name == "func.func"][0]
@@ -175,13 +181,16 @@ def compile_program(program_text: str, func_name: str, inputs: Sequence[TensorTy
     return engine, ctx, time.perf_counter() - t0
 
 
-def _first_line_detail(exc: str, diag: str) -> str:
-    # The interpreter's exception text repeats the diagnostic after a header line.
-    lines = [x.strip() for x in exc.splitlines() if x.strip()]
-    detail = [x for x in lines if x.startswith("Diagnostic message")]
-    if detail:
-        return detail[0].split(":", 2)[-1].strip() if diag == exc else diag
-    return diag
+_DIAG_RE = re.compile(r'Diagnostic message at loc\("[^"]*":(\d+):\d+\): (.*)')
+
+
+def _interpreter_error(text: str) -> Tuple[str, Optional[int]]:
+    """MLIR's message and script line from the interpreter's exception text
+    ("Failed to apply ...\nDiagnostic message at loc("-":4:16): MSG\n...")."""
+    m = _DIAG_RE.search(text)
+    if m:
+        return m.group(2).strip(), int(m.group(1))
+    return " ".join(text.split()), None
 
 
 def make_inputs(inputs: Sequence[TensorType], seed: int) -> List[np.ndarray]:

@@ -1,0 +1,201 @@
+"""Worker pool faults, the correctness check, the time cache, and the CLI."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+
+import pytest
+
+from envs.mlir import MeasureConfig, Measurer, Program, Schedule, TimeCache, WorkerPool
+from envs.mlir.cache import Measurement, now
+from envs.mlir.compile import compare
+from envs.mlir.transform import Script
+
+from conftest import MATMUL, SEGFAULT
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+ADD = """
+func.func @f(%a: tensor<8x8xf32>, %b: tensor<8x8xf32>) -> tensor<8x8xf32> {
+  %e = tensor.empty() : tensor<8x8xf32>
+  %r = linalg.add ins(%a, %b : tensor<8x8xf32>, tensor<8x8xf32>) outs(%e : tensor<8x8xf32>) -> tensor<8x8xf32>
+  return %r : tensor<8x8xf32>
+}
+"""
+BIG = """
+func.func @big(%a: tensor<768x768xf32>, %b: tensor<768x768xf32>) -> tensor<768x768xf32> {
+  %z = arith.constant 0.0 : f32
+  %e = tensor.empty() : tensor<768x768xf32>
+  %f = linalg.fill ins(%z : f32) outs(%e : tensor<768x768xf32>) -> tensor<768x768xf32>
+  %r = linalg.matmul ins(%a, %b : tensor<768x768xf32>, tensor<768x768xf32>) outs(%f : tensor<768x768xf32>) -> tensor<768x768xf32>
+  return %r : tensor<768x768xf32>
+}
+"""
+
+
+def _job(p: Program, **kw):
+    job = {"program": p.text, "func": p.func_name, "inputs": p.inputs, "outputs": p.outputs}
+    job.update(kw)
+    return job
+
+
+def test_wrong_result_is_caught():
+    """A program made wrong on purpose (a - b) checked against a + b's result."""
+    add = Program.from_text(ADD, "add.mlir")
+    sub = Program.from_text(ADD.replace("linalg.add", "linalg.sub"), "sub.mlir")
+    with WorkerPool(threads=1) as pool:
+        ref = pool.run(_job(add, want_output=True), 60, 60)
+        assert ref["status"] == "ok"
+        same = pool.run(_job(add, reference=ref["outputs"]), 60, 60)
+        assert same["status"] == "ok" and same["max_error"] == 0
+        wrong = pool.run(_job(sub, reference=ref["outputs"]), 60, 60)
+    assert wrong["status"] == "wrong_result"
+    assert "differs from the untransformed program" in wrong["message"]
+
+
+def test_tolerance_fits_reassociated_sums():
+    import numpy as np
+    ref = [np.full((4, 4), 100.0, np.float32)]
+    assert compare([ref[0] + 0.05], ref, 1e-3, 1e-5)[0]  # 0.05 <= 1e-3 * 100
+    assert not compare([ref[0] + 0.5], ref, 1e-3, 1e-5)[0]
+    assert not compare([np.full((4, 4), np.nan, np.float32)], ref, 1e-3, 1e-5)[0]
+    ints = [np.arange(4, dtype=np.int32)]
+    assert compare([ints[0].copy()], ints, 1e-3, 0)[0] and not compare([ints[0] + 1], ints, 1e-3, 0)[0]
+
+
+def test_segfault_is_a_crash_status_and_the_pool_goes_on(tmp_path):
+    m = Measurer(MeasureConfig(threads=1, repetitions=1, cache_dir=str(tmp_path)))
+    try:
+        crash = m.baseline(Program.from_text(SEGFAULT, "segv.mlir"))
+        assert crash.status == "crash" and "SIGSEGV" in crash.message
+        assert m.pool.replaced == 1
+        ok = m.baseline(Program.from_text(ADD, "add.mlir"))
+        assert ok.status == "ok" and ok.time_s > 0
+    finally:
+        m.close()
+
+
+def test_run_timeout_kills_the_worker_and_the_pool_goes_on():
+    m = Measurer(MeasureConfig(threads=1, repetitions=3, run_timeout_s=0.3))
+    try:
+        slow = m.baseline(Program.from_text(BIG, "big.mlir"))  # about 1 s a run, untransformed
+        assert slow.status == "timeout" and "running took longer than 0.3 s" in slow.message
+        assert m.pool.replaced == 1
+        assert m.baseline(Program.from_text(ADD, "add.mlir")).status == "ok"
+    finally:
+        m.close()
+
+
+def test_failed_transform_names_the_action_and_mlir_message(programs):
+    """A script MLIR rejects (too many tile sizes) comes back as transform_failed."""
+    p = programs["matmul"]
+    bad = textwrap.dedent("""\
+        module attributes {transform.with_named_sequence} {
+          transform.named_sequence @__transform_main(%root: !transform.any_op {transform.readonly}) {
+            %m = transform.structured.match attributes {tag = "operation_1"} in %root : (!transform.any_op) -> !transform.any_op
+            %t, %l:4 = transform.structured.tile_using_for %m tile_sizes [4, 4, 4, 4] : (!transform.any_op) -> (!transform.any_op, !transform.any_op, !transform.any_op, !transform.any_op, !transform.any_op)
+            transform.yield
+          }
+        }""")
+    script = Script(bad, ((3, 4, "operation_1: T(4,4,4,4)"),), parallel=False)  # hand-made, test only
+    with WorkerPool(threads=1) as pool:
+        res = pool.run(_job(p, script=script.text), 60, 60)
+    assert res["status"] == "transform_failed"
+    assert res["line"] == 4 and script.blame(res["line"]) == "operation_1: T(4,4,4,4)"
+    assert "too many tiles provided, expected at most 3 found 4" in res["message"]
+    with WorkerPool(threads=1) as pool:  # a script that does not even parse: the same status
+        res = pool.run(_job(p, script=bad.replace("%l:4", "%l")), 60, 60)
+    assert res["status"] == "transform_failed" and res["line"] == 4
+    assert "invalid transform script" in res["message"]
+
+
+def test_cache_hit_compiles_nothing_and_survives_the_process(tmp_path, programs):
+    p = programs["matmul"]
+    s = Schedule.parse("operation_1: T(8,8,8) V")
+    cfg = MeasureConfig(threads=1, repetitions=1, cache_dir=str(tmp_path))
+    with Measurer(cfg) as m:
+        first = m.measure(p, s)
+        assert first.ok and not first.cache_hit
+        measured = m.counts["measured"]
+        again = m.measure(p, s)
+        assert again.cache_hit and again.time_s == first.time_s and m.counts["measured"] == measured
+    # A new process-level Measurer reads the Parquet files: no worker is even started.
+    m2 = Measurer(cfg)
+    base, hit = m2.baseline(p), m2.measure(p, s)
+    assert base.cache_hit and hit.cache_hit and hit.time_s == first.time_s
+    assert m2._pool is None
+    m2.close()
+    files = [f for f in os.listdir(tmp_path) if f.endswith(".parquet")]
+    assert files and all(f.startswith("part-") for f in files)
+
+
+def _record(i: int) -> Measurement:
+    return Measurement(program_hash="p", schedule=f"operation_0: T({i})", fingerprint="f", status="ok",
+                       time_s=0.001 * (i + 1), compile_s=0.1, message="", date=now())
+
+
+def test_corrupt_and_partial_cache_files_are_skipped(tmp_path):
+    c = TimeCache(str(tmp_path), flush_every=2)
+    for i in range(4):
+        c.put(_record(i))
+    c.close()
+    good = sorted(f for f in os.listdir(tmp_path) if f.endswith(".parquet"))
+    assert len(good) == 2
+    (tmp_path / "part-garbage.parquet").write_bytes(b"not parquet at all")
+    data = (tmp_path / good[0]).read_bytes()
+    (tmp_path / "part-truncated.parquet").write_bytes(data[: len(data) // 2])
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        c2 = TimeCache(str(tmp_path))
+    assert len(c2) == 4
+    assert sorted(os.path.basename(x) for x in c2.skipped_files) == ["part-garbage.parquet", "part-truncated.parquet"]
+    assert sum("skipping unreadable file" in str(x.message) for x in w) == 2
+    assert c2.get(("p", "operation_0: T(3)", "f")).time_s == pytest.approx(0.004)
+
+
+def test_killed_process_loses_only_its_unflushed_records(tmp_path):
+    code = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {ROOT!r})
+        from envs.mlir.cache import TimeCache, Measurement, now
+        c = TimeCache({str(tmp_path)!r}, flush_every=3)
+        for i in range(7):
+            c.put(Measurement(program_hash="p", schedule=str(i), fingerprint="f", status="ok", time_s=1.0,
+                              compile_s=0.1, message="", date=now()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], timeout=120)
+    assert r.returncode == -signal.SIGKILL
+    c = TimeCache(str(tmp_path))
+    assert sorted(int(m.schedule) for m in c.records()) == list(range(6))  # 2 flushes of 3; the 7th lost
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_cli_json(tmp_path):
+    f = tmp_path / "mm.mlir"
+    f.write_text(MATMUL)
+    r = subprocess.run([sys.executable, "-m", "envs.mlir", str(f), "--schedule", "operation_1: TP(12,0,0) T(4,8,8) V",
+                        "--json", "--cache-dir", str(tmp_path / "cache"), "--threads", "2", "--repetitions", "3"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["status"] == "ok" and out["correct"] is True
+    assert out["schedule"] == "operation_0: NT; operation_1: TP(12,0,0) T(4,8,8) V"
+    assert out["baseline_s"] > 0 and out["scheduled_s"] > 0
+    assert out["speedup"] == pytest.approx(out["baseline_s"] / out["scheduled_s"])
+    assert "operation_1   linalg.matmul" in r.stderr  # the op table goes to stderr with --json
+
+
+def test_cli_writes_transformed_module(tmp_path):
+    f = tmp_path / "mm.mlir"
+    f.write_text(MATMUL)
+    out = tmp_path / "out.mlir"
+    r = subprocess.run([sys.executable, "-m", "envs.mlir", str(f), "--schedule", "operation_1: T(8,8,8) V",
+                        "--no-cache", "-o", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "vector.fma" in out.read_text() or "vector.outerproduct" in out.read_text()
+    assert "@__transform_main" in (tmp_path / "out.mlir.transform.mlir").read_text()
