@@ -47,7 +47,7 @@ def main(argv=None) -> int:
         schedule = Schedule.parse(args.schedule).for_program(program) if args.schedule else None
         script = build_script(program, schedule) if schedule is not None else None
     except (MlirInputError, ScheduleError, ValueError) as e:
-        print(f"error: {e}" if not isinstance(e, MlirInputError) else f"error: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
     say(program.describe())
     if args.print_script and script is not None:

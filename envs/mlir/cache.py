@@ -17,7 +17,7 @@ import platform
 import threading
 import uuid
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Dict, List, Optional, Tuple
 
 import pyarrow as pa
@@ -178,5 +178,3 @@ def _replace(m: Measurement, **kw) -> Measurement:
 def now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
 
-
-__all__ = ["Measurement", "TimeCache", "machine_fingerprint", "now", "asdict"]

@@ -342,10 +342,9 @@ def _build(text: str, source: str) -> Program:
     return Program(tagged_text, source, func_name, tuple(inputs), tuple(outputs), tuple(ops))
 
 
-def _value_key(v) -> str:
-    # Values have no stable Python identity across accessors; their printed
-    # SSA name is unique within the function.
-    return v.get_name()
+def _value_key(v):
+    # Values compare and hash by the underlying MLIR value, across accessors.
+    return v
 
 
 def _describe(index: int, tag: str, op, generic, where: str, line, producers, consumers,

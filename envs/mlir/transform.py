@@ -199,12 +199,12 @@ def build_script(program: Program, schedule: Schedule, cfg: ActionConfig = Actio
         actions: Tuple[Action, ...] = ps.states[tag].actions
         if not actions or all(a.name == "NT" for a in actions):
             continue
-        first = len(b.lines)
-        b.start_op(states[0])
+        start = len(b.lines)
+        b.start_op(states[0])  # its lines belong to the op's first action
         for s, a in zip(states, actions):
-            start = len(b.lines) if a is not actions[0] else first
             a.emit(b, s, ps)
             spans.append((header_lines + start + 1, header_lines + len(b.lines), f"{tag}: {a}"))
+            start = len(b.lines)
     b.epilogue()
     text = _HEADER + "\n" + "\n".join(b.lines) + "\n" + _FOOTER
     return Script(text, tuple(spans), ps.schedule().parallel)
