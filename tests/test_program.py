@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from envs.mlir import ACTIONS, NT, FeatureLayout, MlirInputError, Program, ProgramState, T
+from envs.mlir import ACTIONS, NT, FeatureLayout, MlirInputError, Program, ProgramState, Schedule, T
 from envs.mlir.program import OP_TYPES
 
 from conftest import CONV, MATMUL
@@ -146,14 +146,30 @@ def test_op_too_large_for_layout_names_the_setting():
         lay.op_features(ps.current)
 
 
-def test_torch_mlir_import_is_accepted(tmp_path):
-    """A conv + batchnorm + relu block from PyTorch, through torch-mlir's FX importer."""
+def test_torch_mlir_import_is_parsed_scheduled_and_correct(measurer):
+    """A conv + batchnorm + relu block from PyTorch, through torch-mlir's FX importer:
+    parsed as it is, scheduled, and computing what PyTorch computes."""
     import torch
     from torch_mlir import fx
+
+    from envs.mlir.compile import make_inputs
     torch.manual_seed(0)
     block = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8),
                                 torch.nn.ReLU()).eval()
+    with torch.no_grad():
+        block[1].running_mean.uniform_(-1, 1)
+        block[1].running_var.uniform_(0.5, 2)
     mod = fx.export_and_import(block, torch.randn(1, 4, 8, 8), output_type="linalg-on-tensors")
     p = Program.from_text(str(mod), "block.mlir")
-    names = [o.name for o in p.ops]
-    assert "linalg.conv_2d_nchw_fchw" in names and "dense_resource" in p.text
+    assert "dense_resource" in p.text and p.ops[1].name == "linalg.conv_2d_nchw_fchw"
+    # The untransformed program's result is PyTorch's result on the same seeded input.
+    (x,) = make_inputs(p.inputs, measurer.cfg.seed)
+    want = block(torch.from_numpy(x)).detach().numpy()
+    base = measurer.baseline(p)
+    assert base.ok
+    np.testing.assert_allclose(measurer._reference(p)[0], want, rtol=1e-4, atol=1e-4)
+    last = p.ops[-1].tag
+    text = f"{last}: TF(1,4,0,0) T(1,1,1,8) V; operation_1: T(1,4,1,8,4,1,3) V"
+    r = measurer.evaluate(p, Schedule.parse(text))
+    assert r.measurement.status == "ok", r.measurement.message
+    assert r.speedup > 0

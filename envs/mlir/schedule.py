@@ -205,21 +205,33 @@ class NT(Action):
         return s.replace(ended=True)
 
 
-class _Tiling(Action):
-    """Shared parameter handling of T, TP and TF: one size per loop, 0 = untiled."""
+class _PerLoop(Action):
+    """An action whose parameters are one integer per loop (T, TP, TF, I)."""
 
-    def __init__(self, sizes: Sequence[int]):
-        self.sizes = tuple(int(x) for x in sizes)
+    usage: ClassVar[str]
+
+    def __init__(self, values: Sequence[int]):
+        self.values = tuple(int(x) for x in values)
 
     @property
     def params(self):
-        return self.sizes
+        return self.values
 
     @classmethod
     def from_params(cls, params):
         if not params:
-            raise ScheduleError(f"{cls.name} needs one tile size per loop")
+            raise ScheduleError(f"{cls.name} needs {cls.usage}")
         return cls(params)
+
+
+class _Tiling(_PerLoop):
+    """Shared rules of T, TP and TF: one size per loop, 0 = untiled."""
+
+    usage = "one tile size per loop"
+
+    @property
+    def sizes(self) -> Tuple[int, ...]:
+        return self.values
 
     def size_ok(self, s: OpState, dim: int, size: int) -> Optional[str]:
         """Validity of one loop's size (the mask of one tile head)."""
@@ -396,23 +408,15 @@ class TF(_Tiling):
         b.tile_forall(s, self.sizes, fuse=s.op.producer)
 
 
-class I(Action):  # noqa: E742 (the design's name)
+class I(_PerLoop):  # noqa: E742 (the design's name)
     """Interchange: the loop order of the tiles the next T creates (level pointers)."""
 
     name = "I"
-
-    def __init__(self, perm: Sequence[int]):
-        self.perm = tuple(int(x) for x in perm)
+    usage = "a loop permutation, e.g. I(0,2,1)"
 
     @property
-    def params(self):
-        return self.perm
-
-    @classmethod
-    def from_params(cls, params):
-        if not params:
-            raise ScheduleError("I needs a loop permutation, e.g. I(0,2,1)")
-        return cls(params)
+    def perm(self) -> Tuple[int, ...]:
+        return self.values
 
     @classmethod
     def available(cls, s, cfg):
