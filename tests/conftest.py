@@ -113,6 +113,25 @@ func.func @segv(%a: tensor<16xf32>) -> tensor<16xf32> {
 }
 """
 
+# A real program that aborts (cf.assert on a condition that is always false).
+ABORT = """
+func.func @abort(%a: tensor<16xf32>) -> tensor<16xf32> {
+  %e = tensor.empty() : tensor<16xf32>
+  %r = linalg.generic {indexing_maps = [affine_map<(d0) -> (d0)>, affine_map<(d0) -> (d0)>], iterator_types = ["parallel"]}
+         ins(%a : tensor<16xf32>) outs(%e : tensor<16xf32>) {
+  ^bb0(%x: f32, %o: f32):
+    %z = arith.constant 0.0 : f32
+    %neg = arith.cmpf olt, %x, %z : f32
+    %pos = arith.cmpf oge, %x, %z : f32
+    %any = arith.ori %neg, %pos : i1
+    %never = arith.xori %any, %any : i1
+    cf.assert %never, "this program always aborts"
+    linalg.yield %x : f32
+  } -> tensor<16xf32>
+  return %r : tensor<16xf32>
+}
+"""
+
 PROGRAMS = {"matmul": MATMUL, "conv": CONV, "conv_nchw": CONV_NCHW, "depthwise": DEPTHWISE, "pool": POOL,
             "elementwise": ELEMENTWISE, "batch": BATCH}
 

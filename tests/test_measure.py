@@ -15,7 +15,7 @@ from envs.mlir.cache import Measurement, now
 from envs.mlir.compile import compare
 from envs.mlir.transform import Script
 
-from conftest import MATMUL, SEGFAULT
+from conftest import ABORT, MATMUL, SEGFAULT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,16 +67,26 @@ def test_tolerance_fits_reassociated_sums():
     assert compare([ints[0].copy()], ints, 1e-3, 0)[0] and not compare([ints[0] + 1], ints, 1e-3, 0)[0]
 
 
-def test_segfault_is_a_crash_status_and_the_pool_goes_on(tmp_path):
+@pytest.mark.parametrize("text,signal_name", [(SEGFAULT, "SIGSEGV"), (ABORT, "SIGABRT")])
+def test_native_crash_is_a_status_and_the_pool_goes_on(tmp_path, text, signal_name):
     m = Measurer(MeasureConfig(threads=1, repetitions=1, cache_dir=str(tmp_path)))
     try:
-        crash = m.baseline(Program.from_text(SEGFAULT, "segv.mlir"))
-        assert crash.status == "crash" and "SIGSEGV" in crash.message
+        crash = m.baseline(Program.from_text(text, "crash.mlir"))
+        assert crash.status == "crash" and signal_name in crash.message
         assert m.pool.replaced == 1
         ok = m.baseline(Program.from_text(ADD, "add.mlir"))
         assert ok.status == "ok" and ok.time_s > 0
     finally:
         m.close()
+
+
+def test_compile_timeout_kills_the_worker_and_the_pool_goes_on(programs):
+    p = programs["conv"]
+    with WorkerPool(threads=1) as pool:
+        res = pool.run(_job(p), compile_timeout_s=0.001, run_timeout_s=30)
+        assert res["status"] == "timeout" and "compiling took longer than 0.001 s" in res["message"]
+        assert pool.replaced == 1
+        assert pool.run(_job(p), 60, 60)["status"] == "ok"
 
 
 def test_run_timeout_kills_the_worker_and_the_pool_goes_on():
