@@ -47,7 +47,8 @@ def pipeline(parallel: bool) -> Tuple[str, str]:
                "convert-vector-to-llvm"]
     if parallel:
         passes += ["convert-openmp-to-llvm"]
-    passes += ["convert-math-to-llvm", "convert-arith-to-llvm", "convert-index-to-llvm", "convert-cf-to-llvm",
+    # math ops LLVM has no intrinsic for (erf from GELU) become libm calls.
+    passes += ["convert-math-to-llvm", "convert-math-to-libm", "convert-arith-to-llvm", "convert-index-to-llvm", "convert-cf-to-llvm",
                "convert-func-to-llvm", "convert-ub-to-llvm", "reconcile-unrealized-casts"]
     return "builtin.module(" + ",".join(first) + ")", "builtin.module(" + ",".join(passes) + ")"
 
