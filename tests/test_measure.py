@@ -13,7 +13,6 @@ import pytest
 from envs.mlir import MeasureConfig, Measurer, Program, Schedule, TimeCache, WorkerPool
 from envs.mlir.cache import Measurement, now
 from envs.mlir.compile import compare
-from envs.mlir.transform import Script
 
 from conftest import ABORT, MATMUL, SEGFAULT
 
@@ -111,16 +110,24 @@ def test_failed_transform_names_the_action_and_mlir_message(programs):
             transform.yield
           }
         }""")
-    script = Script(bad, ((3, 4, "operation_1: T(4,4,4,4)"),), parallel=False)  # hand-made, test only
+    bad = bad.replace("!transform.any_op, !transform.any_op)\n", '!transform.any_op, !transform.any_op) loc("operation_1: T(4,4,4,4)")\n', 1)
     with WorkerPool(threads=1) as pool:
-        res = pool.run(_job(p, script=script.text), 60, 60)
+        res = pool.run(_job(p, script=bad), 60, 60)
     assert res["status"] == "transform_failed"
-    assert res["line"] == 4 and script.blame(res["line"]) == "operation_1: T(4,4,4,4)"
+    assert res["where"] == 'loc("operation_1: T(4,4,4,4)")' 
     assert "too many tiles provided, expected at most 3 found 4" in res["message"]
     with WorkerPool(threads=1) as pool:  # a script that does not even parse: the same status
         res = pool.run(_job(p, script=bad.replace("%l:4", "%l")), 60, 60)
-    assert res["status"] == "transform_failed" and res["line"] == 4
+    assert res["status"] == "transform_failed" and res["where"].startswith('loc("-":4:')
     assert "invalid transform script" in res["message"]
+
+
+def test_failure_is_pinned_on_the_action_or_the_op(programs):
+    from envs.mlir.measure import _culprit
+    p = programs["matmul"]
+    assert _culprit(p, 'loc("operation_1: V")') == "operation_1: V"
+    line = next(i for i, t in enumerate(p.text.splitlines(), 1) if 'tag = "operation_1"' in t)
+    assert _culprit(p, f'loc("-":{line}:10)') == "operation_1 (the schedule of this op)"
 
 
 def test_cache_hit_compiles_nothing_and_survives_the_process(tmp_path, programs):

@@ -18,7 +18,6 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import line_of
 from .program import DTYPES, TensorType
 
 HARNESS = "__rl_harness"
@@ -86,11 +85,13 @@ def find_openmp() -> Optional[str]:
 
 
 class StageError(Exception):
-    """A failure in one stage (transform / compile), with MLIR's message."""
+    """A failure in one stage (transform / compile), with MLIR's message and
+    location (`where`: the location text MLIR gave, e.g. ``loc("operation_1: V")``
+    for a transform op, ``loc("-":38:10)`` for an op of the program)."""
 
-    def __init__(self, stage: str, message: str, line: Optional[int] = None):
+    def __init__(self, stage: str, message: str, where: Optional[str] = None):
         super().__init__(message)
-        self.stage, self.message, self.line = stage, message, line
+        self.stage, self.message, self.where = stage, message, where
 
 
 def _harness_text(func_name: str, inputs: Sequence[TensorType], outputs: Sequence[TensorType]) -> str:
@@ -113,13 +114,13 @@ def _harness_text(func_name: str, inputs: Sequence[TensorType], outputs: Sequenc
 
 
 def _collect(ctx):
-    errors: List[Tuple[str, Optional[int]]] = []
+    errors: List[Tuple[str, Optional[str]]] = []
 
     def handler(d):
         from torch_mlir import ir
         if d.severity == ir.DiagnosticSeverity.ERROR:
             msg = d.message + "".join(f" ({n.message})" for n in d.notes)
-            errors.append((msg, line_of(d.location)))
+            errors.append((msg, str(d.location)))
         return True
 
     ctx.attach_diagnostic_handler(handler)
@@ -129,7 +130,9 @@ def _collect(ctx):
 def compile_program(program_text: str, func_name: str, inputs: Sequence[TensorType],
                     outputs: Sequence[TensorType], script: Optional[str], parallel: bool,
                     opt_level: int = 3, openmp_lib: Optional[str] = None):
-    """Transform (if `script`), lower and JIT. Returns (engine, context, seconds).
+    """Transform (if `script`), lower and JIT.
+
+    Returns (engine, context, seconds in all, seconds of which in the transform).
 
     Raises StageError("transform" | "compile", message, script line)."""
     from torch_mlir import ir, passmanager
@@ -141,21 +144,23 @@ def compile_program(program_text: str, func_name: str, inputs: Sequence[TensorTy
     errors = _collect(ctx)
     with ctx, ir.Location.unknown():
         module = ir.Module.parse(program_text)
+        t_transform = time.perf_counter()
         if script:
             try:
                 tmod = ir.Module.parse(script)
             except ir.MLIRError as e:
                 d = list(e.error_diagnostics)
                 raise StageError("transform", f"invalid transform script: {d[0].message if d else e}",
-                                 line_of(d[0].location) if d else None) from None
+                                 str(d[0].location) if d else None) from None
             named = [op for op in tmod.body.operations if op.operation.name == "transform.named_sequence"][0]
             try:
                 interpreter.apply_named_sequence(module.operation, named, tmod)
             except Exception as e:  # the interpreter raises ValueError / MLIRError
-                msg, line = errors[0] if errors else _interpreter_error(str(e))
-                raise StageError("transform", msg, line) from None
+                msg, where = errors[0] if errors else _interpreter_error(str(e))
+                raise StageError("transform", msg, where) from None
             if errors:  # a transform can report an error and carry on
                 raise StageError("transform", errors[0][0], errors[0][1])
+        transform_s = time.perf_counter() - t_transform
         func = [op for op in module.body.operations if op.operation.name == "func.func"][0]
         func.operation.attributes["sym_visibility"] = ir.StringAttr.get("private")
         harness = ir.Module.parse(_harness_text(func_name, inputs, outputs))
@@ -179,18 +184,18 @@ def compile_program(program_text: str, func_name: str, inputs: Sequence[TensorTy
             engine.lookup(HARNESS)  # materializes the code: missing symbols fail here, not in a run
         except Exception as e:
             raise StageError("compile", f"JIT failed: {errors[0][0] if errors else e}") from None
-    return engine, ctx, time.perf_counter() - t0
+    return engine, ctx, time.perf_counter() - t0, transform_s
 
 
-_DIAG_RE = re.compile(r'Diagnostic message at loc\("[^"]*":(\d+):\d+\): (.*)')
+_DIAG_RE = re.compile(r'Diagnostic message at (loc\(.*?\)): (.*)')
 
 
-def _interpreter_error(text: str) -> Tuple[str, Optional[int]]:
-    """MLIR's message and script line from the interpreter's exception text
-    ("Failed to apply ...\nDiagnostic message at loc("-":4:16): MSG\n...")."""
+def _interpreter_error(text: str) -> Tuple[str, Optional[str]]:
+    """MLIR's message and location from the interpreter's exception text
+    ("Failed to apply ...\nDiagnostic message at loc(...): MSG\n...")."""
     m = _DIAG_RE.search(text)
     if m:
-        return m.group(2).strip(), int(m.group(1))
+        return m.group(2).strip(), m.group(1)
     return " ".join(text.split()), None
 
 

@@ -9,7 +9,9 @@ a cache folder, on disk beside the Parquet files).
 from __future__ import annotations
 
 import os
+import re
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Dict, List, Optional
@@ -21,6 +23,7 @@ from .config import ActionConfig, MeasureConfig
 from .errors import MlirInputError
 from .program import Program
 from .schedule import Schedule
+from .errors import line_of
 from .transform import Script, build_script
 from .worker import OK, WorkerPool
 
@@ -51,7 +54,9 @@ class Measurer:
         self._pool: Optional[WorkerPool] = None
         self._pool_lock = threading.Lock()
         self._refs: "OrderedDict[str, List[np.ndarray]]" = OrderedDict()
-        self.counts: Dict[str, float] = {"measured": 0, "cache_hits": 0, "compile_s": 0.0, "wall_s": 0.0}
+        # Where measuring time goes (seconds summed over measurements), for benchmarks.
+        self.counts: Dict[str, float] = {"measured": 0, "cache_hits": 0, "script_s": 0.0, "transform_s": 0.0,
+                                         "compile_s": 0.0, "run_s": 0.0, "wall_s": 0.0}
 
     @property
     def pool(self) -> WorkerPool:
@@ -92,7 +97,9 @@ class Measurer:
                 return hit
         if schedule.is_empty:
             return self._run_baseline(program)
+        t = time.perf_counter()
         script = build_script(program, schedule, self.actions)
+        self.counts["script_s"] += time.perf_counter() - t
         ref = self._reference(program)
         res = self._job(program, script, reference=ref)
         return self._record(program, text, res)
@@ -113,11 +120,13 @@ class Measurer:
                "seed": c.seed, "reference": reference, "want_output": want_output, "rtol": c.rtol,
                "atol": c.atol, "opt_level": c.opt_level}
         res = self.pool.run(job, c.compile_timeout_s, c.run_timeout_s)
-        if script is not None and res.get("line") is not None:
-            res["message"] = f"{script.blame(res['line'])}: {res['message']}"
+        if res.get("where"):
+            res["message"] = f"{_culprit(program, res['where'])}: {res['message']}"
         self.counts["measured"] += 1
-        self.counts["compile_s"] += res.get("compile_s") or 0.0
-        self.counts["wall_s"] += res.get("wall_s") or 0.0
+        for k in ("transform_s", "run_s", "wall_s"):
+            self.counts[k] += res.get(k) or 0.0
+        # compile_s as reported includes the transform; counted here without it.
+        self.counts["compile_s"] += (res.get("compile_s") or 0.0) - (res.get("transform_s") or 0.0)
         return res
 
     def _record(self, program: Program, schedule_text: str, res: dict) -> Measurement:
@@ -174,3 +183,20 @@ class Measurer:
                                                       self.fingerprint)) is None:
             self._record(program, str(Schedule.empty(program)), res)
         return res["outputs"]
+
+
+_NAME_LOC = re.compile(r'^loc\("([^"]*)"\)$')
+
+
+def _culprit(program: Program, where: str) -> str:
+    """Who a failure belongs to: the action named by a transform op's location,
+    else the program op at the reported line of the program text."""
+    m = _NAME_LOC.match(where.strip())
+    if m:
+        return m.group(1)
+    line = line_of(where)
+    if line is not None:
+        tag = program.tag_at_line(line)
+        if tag:
+            return f"{tag} (the schedule of this op)"
+    return where

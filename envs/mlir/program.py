@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -86,6 +87,7 @@ class LinalgOp:
     consumers: Tuple[str, ...]
     operand_producers: Tuple[Optional[str], ...]  # per access matrix (loads then stores): producer tag
     result_uses: int  # uses of this op's results (1 = only its consumer)
+    vectorizable_body: bool  # every body op is arith/math/index (no cf.assert, no tensor.extract)
     line: Optional[int]
 
     @property
@@ -187,6 +189,15 @@ class Program:
             return self._by_tag[tag]
         except KeyError:
             raise KeyError(f"{self.source}: no op tagged {tag!r} (ops: {', '.join(self.tags)})") from None
+
+    def tag_at_line(self, line: int) -> Optional[str]:
+        """The tag of the op printed at `line` (1-based) of `text`, if any."""
+        lines = self.text.splitlines()
+        if 1 <= line <= len(lines):
+            m = re.search(r'tag = "(operation_\d+)"', lines[line - 1])
+            if m:
+                return m.group(1)
+        return None
 
     def schedule_order(self) -> Tuple[LinalgOp, ...]:
         """Last op first, so that a consumer is scheduled before its producers."""
@@ -374,8 +385,11 @@ def _describe(index: int, tag: str, op, generic, where: str, line, producers, co
     if any(b is None for b in bounds):
         raise ValueError(f"{where}: a loop bound cannot be derived from the operand shapes")
     counts = dict.fromkeys(ARITH_KINDS, 0)
+    vectorizable = True
     for bop in generic.regions[0].blocks[0].operations:
         name = bop.operation.name
+        if not (name.startswith(("arith.", "math.")) or name in ("linalg.yield", "linalg.index")):
+            vectorizable = False
         if name in _NOT_ARITH:
             continue
         counts[_ARITH_OF.get(name, "other")] += 1
@@ -385,4 +399,4 @@ def _describe(index: int, tag: str, op, generic, where: str, line, producers, co
                     bounds=tuple(bounds), iterator_types=tuple(iters), loads=tuple(loads),
                     stores=tuple(stores), arith=arith, producers=producers, consumers=consumers,
                     operand_producers=tuple(load_prod + store_prod),
-                    result_uses=uses, line=line)
+                    result_uses=uses, vectorizable_body=vectorizable, line=line)

@@ -253,14 +253,18 @@ class _Tiling(_PerLoop):
             return "no candidate tile size splits a loop"
         return None
 
+    def splits(self, s: OpState) -> bool:
+        """Whether some loop is really split. A tiling that splits nothing (all
+        sizes 0, or covering their bounds) is a valid no-op: every tile head may
+        choose independently within its own mask."""
+        return any(0 < t < bd for t, bd in zip(self.sizes, s.bounds))
+
     def check(self, s, cfg):
         why = self.available(s, cfg)
         if why:
             return why
         if len(self.sizes) != s.num_loops:
             return f"{self.name} needs {s.num_loops} tile sizes (one per loop), got {len(self.sizes)}"
-        if not any(0 < t < bd for t, bd in zip(self.sizes, s.bounds)):
-            return f"{self.name} needs a tile size smaller than its loop's bound"
         for d, size in enumerate(self.sizes):
             why = self.size_ok(s, d, size)
             if why:
@@ -344,6 +348,8 @@ class T(_Tiling):
         return out
 
     def apply(self, s, ctx):
+        if not self.splits(s):
+            return s.replace(pending_interchange=None)
         pieces = tuple(q for p in s.pieces for q in self.split(s, p))
         k = len(s.actions)
         loops = tuple((d, f"{s.op.tag}.a{k}.d{d}", -(-s.bounds[d] // self.sizes[d]))
@@ -351,7 +357,8 @@ class T(_Tiling):
         return s.replace(pieces=pieces, tiled=True, pending_interchange=None, last_tile=loops)
 
     def emit(self, b, s, ctx):
-        b.tile_for(s, self)
+        if self.splits(s):
+            b.tile_for(s, self)
 
 
 class TP(_Tiling):
@@ -367,10 +374,11 @@ class TP(_Tiling):
         return _forall_size_ok(s, d, size)
 
     def apply(self, s, ctx):
-        return _forall_apply(self, s)
+        return _forall_apply(self, s) if self.splits(s) else s
 
     def emit(self, b, s, ctx):
-        b.tile_forall(s, self.sizes, fuse=None)
+        if self.splits(s):
+            b.tile_forall(s, self.sizes, fuse=None)
 
 
 def _forall_apply(a: _Tiling, s: OpState) -> OpState:
@@ -400,12 +408,15 @@ class TF(_Tiling):
         return _forall_size_ok(s, d, size)
 
     def apply(self, s, ctx):
+        if not self.splits(s):
+            return s
         new = _forall_apply(self, s)
         ctx.fuse_producer(s, new.bounds)
         return new
 
     def emit(self, b, s, ctx):
-        b.tile_forall(s, self.sizes, fuse=s.op.producer)
+        if self.splits(s):
+            b.tile_forall(s, self.sizes, fuse=s.op.producer)
 
 
 class I(_PerLoop):  # noqa: E742 (the design's name)
@@ -533,6 +544,8 @@ class V(Action):
 
     @classmethod
     def piece_problem(cls, s: OpState, p: Bounds) -> Optional[str]:
+        if not s.op.vectorizable_body:
+            return "the op's body has an op the vectorizer cannot take (e.g. cf.assert, tensor.extract)"
         if s.name in _DECOMPOSABLE:
             pairs = _DECOMPOSABLE[s.name]
             if not any(p[a] == 1 and p[w] == 1 for a, w in pairs):
@@ -622,7 +635,7 @@ class Schedule:
             if tag in seen:
                 raise ScheduleError(f"op {tag} appears twice in the schedule")
             seen.add(tag)
-            acts = tuple(acts)
+            acts = _drop_noop_tilings(tuple(acts))
             if acts and isinstance(acts[-1], NT):
                 acts = acts[:-1]
             canon.append((tag, acts))
@@ -678,6 +691,18 @@ class Schedule:
         return Schedule(tuple((t, have.get(t, ())) for t in program.tags))
 
 
+def _drop_noop_tilings(acts: Tuple[Action, ...]) -> Tuple[Action, ...]:
+    """Drop all-zero tilings (no-ops), and an interchange that only such a tiling followed."""
+    out: List[Action] = []
+    for a in acts:
+        if isinstance(a, _Tiling) and not any(a.sizes):
+            if out and isinstance(out[-1], I):
+                out.pop()
+            continue
+        out.append(a)
+    return tuple(out)
+
+
 def _tag_key(tag: str):
     m = re.fullmatch(r"(.*?)(\d+)", tag)
     return (m.group(1), int(m.group(2))) if m else (tag, -1)
@@ -727,6 +752,14 @@ class ProgramState:
         if new.ended:
             self.position += 1
         return new
+
+    def copy(self) -> "ProgramState":
+        """An independent copy (op states are immutable; the maps are copied)."""
+        c = ProgramState.__new__(ProgramState)
+        c.program, c.cfg, c.order, c.position = self.program, self.cfg, self.order, self.position
+        c.states = dict(self.states)
+        c.history = {t: list(h) for t, h in self.history.items()}
+        return c
 
     def finish_op(self) -> None:
         """End the current op with NT (the action limit reached, or no action wanted)."""

@@ -2,8 +2,9 @@
 
 `build_script` replays a schedule (validating every action) and writes one
 ``transform.named_sequence @__transform_main``.  Each action writes its part
-through `ScriptBuilder`; the builder remembers which script lines each action
-wrote, so a failure reported by MLIR is pinned on the action that caused it.
+through `ScriptBuilder`, and every transform op it writes carries a name
+location ``loc("operation_1: T(8,8,8)")``, so that an error MLIR reports on a
+transform op names the action that caused it.
 Ops are matched by their ``tag`` attribute, which tiling and peeling keep on
 every piece of an op.
 """
@@ -19,27 +20,22 @@ from .schedule import Action, OpState, ProgramState, Schedule, T, V
 ANY = "!transform.any_op"
 
 
+CLEANUP = "vector lowering / cleanup"
+
+
 @dataclass(frozen=True)
 class Script:
-    """A transform script and, per line range, the action that wrote it."""
+    """A transform script; `parallel` when it makes parallel loops (OpenMP pipeline)."""
 
     text: str
-    spans: Tuple[Tuple[int, int, str], ...]  # (first line, last line, "tag: action")
     parallel: bool
-
-    def blame(self, line: Optional[int]) -> str:
-        """The action that wrote script line `line` (1-based), or the epilogue."""
-        if line is not None:
-            for first, last, who in self.spans:
-                if first <= line <= last:
-                    return who
-        return "vector lowering / cleanup"
 
 
 class ScriptBuilder:
     """Writes transform ops; one handle list (`pieces`) per op being scheduled."""
 
     def __init__(self):
+        self.who = CLEANUP  # the action whose ops are being written (their location)
         self.lines: List[str] = []
         self.n = 0
         self.pieces: List[str] = []
@@ -51,6 +47,9 @@ class ScriptBuilder:
         return f"%{stem}{self.n}"
 
     def add(self, line: str) -> None:
+        # Every line that completes an op gets the writer's name as its location.
+        if not line.endswith("{") and not line.startswith("^bb"):
+            line += f' loc("{self.who}")'
         self.lines.append("    " + line)
 
     def match_tag(self, tag: str) -> str:
@@ -192,19 +191,17 @@ def build_script(program: Program, schedule: Schedule, cfg: ActionConfig = Actio
     if ps.schedule().is_empty:
         return None
     b = ScriptBuilder()
-    spans = []
-    header_lines = _HEADER.count("\n") + 1
     for tag in ps.order:
         states: List[OpState] = ps.history[tag]
         actions: Tuple[Action, ...] = ps.states[tag].actions
         if not actions or all(a.name == "NT" for a in actions):
             continue
-        start = len(b.lines)
+        b.who = f"{tag}: {actions[0]}"
         b.start_op(states[0])  # its lines belong to the op's first action
         for s, a in zip(states, actions):
+            b.who = f"{tag}: {a}"
             a.emit(b, s, ps)
-            spans.append((header_lines + start + 1, header_lines + len(b.lines), f"{tag}: {a}"))
-            start = len(b.lines)
+    b.who = CLEANUP
     b.epilogue()
     text = _HEADER + "\n" + "\n".join(b.lines) + "\n" + _FOOTER
-    return Script(text, tuple(spans), ps.schedule().parallel)
+    return Script(text, ps.schedule().parallel)

@@ -56,21 +56,23 @@ def _serve(conn, threads: int) -> None:
 def _measure(job: Dict[str, Any], conn, openmp) -> Dict[str, Any]:
     from . import compile as cc
     try:
-        engine, ctx, compile_s = cc.compile_program(
+        engine, ctx, compile_s, transform_s = cc.compile_program(
             job["program"], job["func"], job["inputs"], job["outputs"], job.get("script"),
             job.get("parallel", False), job.get("opt_level", 3), openmp)
     except cc.StageError as e:
         status = TRANSFORM_FAILED if e.stage == "transform" else COMPILE_FAILED
-        return {"status": status, "message": e.message, "line": e.line}
+        return {"status": status, "message": e.message, "where": e.where}
     except Exception as e:  # a binding error we did not foresee: still a status, never a dead worker
         return {"status": COMPILE_FAILED, "message": f"{type(e).__name__}: {e}"}
     conn.send(("compiled", compile_s))
     runner = cc.Runner(engine, cc.make_inputs(job["inputs"], job.get("seed", 0)), job["outputs"])
+    t_run = time.perf_counter()
     for _ in range(job.get("warmup", 1)):
         runner.run()
     times = [runner.run() for _ in range(job.get("repetitions", 5))]
     out: Dict[str, Any] = {"status": OK, "time_s": statistics.median(times), "times": times,
-                           "compile_s": compile_s, "message": ""}
+                           "compile_s": compile_s, "transform_s": transform_s,
+                           "run_s": time.perf_counter() - t_run, "message": ""}
     ref = job.get("reference")
     if ref is not None:
         correct, err = cc.compare(runner.outs, ref, job.get("rtol", 1e-3), job.get("atol", 1e-5))

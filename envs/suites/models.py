@@ -230,15 +230,16 @@ def imported_rows() -> List[Dict]:
 
     torch.manual_seed(0)
     blocks = [
-        ("imported_resnet_block", R18, "layer1 basic block (64 -> 16 channels, 56 -> 16 pixels)", BasicBlock(16),
-         torch.randn(1, 16, 16, 16), 2 * 2 * 16 * 16 * 16 * 16 * 9, "train"),
-        ("imported_mlp_block", BERT, "ffn block Linear-GELU-Linear (768 -> 64, 3072 -> 256, seq 32)",
-         MLP(64, 256), torch.randn(32, 64), 2 * 2 * 32 * 64 * 256, "train"),
-        ("imported_attention_block", GPT2, "self-attention (768 -> 64, 12 -> 4 heads, seq 32)", Attention(64, 4),
-         torch.randn(32, 64), 2 * 32 * 64 * 64 * 4 + 2 * 2 * 32 * 32 * 64, "eval"),
+        # (family, model, layer, module, input, FLOPs, split, how it was scaled)
+        ("imported_resnet_block", R18, "layer1 basic block", BasicBlock(16), torch.randn(1, 16, 16, 16),
+         2 * 2 * 16 * 16 * 16 * 16 * 9, "train", "64 -> 16 channels, 56 -> 16 pixels"),
+        ("imported_mlp_block", BERT, "ffn block", MLP(64, 256), torch.randn(32, 64), 2 * 2 * 32 * 64 * 256,
+         "train", "Linear-GELU-Linear, 768 -> 64, 3072 -> 256, sequence 32"),
+        ("imported_attention_block", GPT2, "attention block", Attention(64, 4), torch.randn(32, 64),
+         2 * 32 * 64 * 64 * 4 + 2 * 2 * 32 * 32 * 64, "eval", "768 -> 64, 12 -> 4 heads, sequence 32"),
     ]
     rows = []
-    for family, model, layer, module, x, flops, split in blocks:
+    for family, model, layer, module, x, flops, split, scaled in blocks:
         module.eval()
         for m in module.modules():  # non-trivial batchnorm statistics
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -248,5 +249,5 @@ def imported_rows() -> List[Dict]:
         text = str(fx.export_and_import(module, x, output_type="linalg-on-tensors"))
         nbytes = 4 * (x.numel() + sum(p.numel() for p in module.parameters()) + x.numel())
         rows.append(dict(family=family, source_model=model, layer=layer, mlir=text, flops=flops, bytes=nbytes,
-                         params=json.dumps({"input_shape": list(x.shape)}), split=split))
+                         params=json.dumps({"input_shape": list(x.shape), "scaled": scaled}), split=split))
     return rows

@@ -1,0 +1,99 @@
+"""Baselines over the same action space: random search and greedy search.
+
+Both spend a budget of measurements (cache hits included, so that every method
+is charged the same) on one benchmark and return the best schedule measured.
+A trained agent has to beat them at an equal budget.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from .mlir import Action, I, NT, ProgramState, Schedule, V
+from .mlir.schedule import ACTIONS
+
+
+@dataclass
+class SearchResult:
+    benchmark: str
+    schedule: str  # the best schedule measured ("" if none ran correctly)
+    speedup: float  # its speedup (1.0: nothing beat the untransformed program)
+    measurements: int
+    best_so_far: List[float] = field(default_factory=list)  # after each measurement
+
+
+def random_search(env, benchmark: str, budget: int, seed: int = 0) -> SearchResult:
+    """Whole episodes of uniformly sampled valid actions (`sample_valid_action`)."""
+    rng = np.random.default_rng(seed)
+    best, best_s, used, curve = "", 1.0, 0, []
+    while used < budget:
+        obs, _ = env.reset(options={"benchmark": benchmark})
+        done = False
+        while not done and used < budget:
+            obs, _, done, _, info = env.step(env.sample_valid_action(obs, rng))
+            if info["status"] != "pending":
+                used += 1
+                if info["speedup"] is not None and info["speedup"] > best_s:
+                    best, best_s = info["schedule"], info["speedup"]
+                curve.append(best_s)
+    return SearchResult(benchmark, best, best_s, used, curve)
+
+
+def greedy_search(env, benchmark: str, budget: int, candidates: int = 8, seed: int = 0) -> SearchResult:
+    """One op at a time (last first), one action at a time: measure NT, V and
+    `candidates` sampled valid actions appended to the schedule so far, keep
+    the best, and move to the next op when the best one ends the op."""
+    rng = np.random.default_rng(seed)
+    program = env.load(benchmark)
+    layout, cfg = env.layout, env.cfg.actions
+    base = env.measurer.baseline(program)
+    ps = ProgramState(program, cfg)
+    best, best_s, used, curve = "", 1.0, 0, []
+    while not ps.done and used < budget:
+        s = ps.current
+        options: List[Tuple[Action, ...]] = [(NT(),)] + ([(V(),)] if V.available(s, cfg) is None else [])
+        for _ in range(candidates):
+            c = _sample_sequence(ps, layout, rng)
+            if c not in options:
+                options.append(c)
+        scored = []
+        for c in options:
+            if used >= budget:
+                break
+            trial = ps.copy()
+            for a in c:
+                trial.step(a)
+            m = env.measurer.measure(program, trial.schedule())
+            used += 1
+            s_up = base.time_s / m.time_s if m.ok else 0.0
+            scored.append((s_up, c))
+            if s_up > best_s:
+                best, best_s = str(trial.schedule()), s_up
+            curve.append(best_s)
+        if not scored:
+            break
+        _, pick = max(scored, key=lambda t: t[0])
+        for a in pick:
+            ps.step(a)
+    return SearchResult(benchmark, best, best_s, used, curve)
+
+
+def _sample_sequence(ps: ProgramState, layout, rng) -> Tuple[Action, ...]:
+    """One sampled valid action; an interchange comes with its loops and the T it needs."""
+    s = ps.current
+    vec = layout.sample(layout.masks(s), rng)
+    a = layout.decode(vec, layout.masks(s), s)
+    if not isinstance(a, int):
+        return (a,)
+    perm = [a]
+    while len(perm) < s.num_loops:
+        perm.append(int(rng.choice([d for d, ok in enumerate(I.pointer_mask(s, perm)) if ok])))
+    trial = ps.copy()
+    trial.step(I(perm))
+    t_state = trial.current
+    masks = layout.masks(t_state)
+    vec = layout.sample(masks, rng)  # only T is allowed after I
+    assert ACTIONS[int(vec[0])].name == "T"
+    return (I(perm), layout.decode(vec, masks, t_state))

@@ -1,0 +1,208 @@
+"""The gymnasium environment over real MLIR, and the search baselines."""
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import envs
+from envs import EnvConfig, InvalidActionError, MlirScheduleEnv, greedy_search, random_search
+from envs.action_space import TILINGS
+from envs.mlir import ACTIONS, Schedule
+from envs.suites import load_suite, suite_path
+
+# One small benchmark per family of the shipped training suite.
+FAMILY_BENCHMARKS = [
+    "resnet_18_layer2_conv_3x3_2",             # conv2d NHWC, stride 2
+    "resnet_18_layer2_downsample_1x1_2",       # conv2d NCHW, 1x1 stride 2
+    "resnet_50_layer2_3x3_bias_relu",          # conv + bias + relu (NCHW)
+    "mobilenetv2_block2_depthwise_3x3_2",      # depthwise
+    "resnet_18_maxpool_3x3_2",                 # max pooling
+    "resnet_18_global_avgpool_7x7",            # average pooling
+    "resnet_18_fc_batch_8",                    # matmul
+    "bert_base_ffn_intermediate_bias_relu",    # matmul + bias + relu
+    "bert_base_attention_scores_q_kt",         # batch matmul
+    "resnet_18_layer1_residual_add",           # add
+    "mobilenetv2_block2_relu6",                # relu6
+    "resnet_18_layer1_basic_block",            # a whole block imported through torch-mlir
+    "bert_base_ffn_block",                     # Linear-GELU-Linear imported through torch-mlir
+]
+
+
+def _cfg(tmp, **kw):
+    base = {"measure": {"threads": 2, "repetitions": 2, "warmup": 1, "cache_dir": str(tmp)}}
+    base.update(kw)
+    return base
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    e = MlirScheduleEnv(_cfg(tmp_path_factory.mktemp("cache"), benchmarks=FAMILY_BENCHMARKS))
+    yield e
+    e.close()
+
+
+def test_registered_and_passes_gymnasium_checker(tmp_path):
+    assert envs.ENV_ID in gym.registry and gym.registry[envs.ENV_ID].nondeterministic
+    e = gym.make(envs.ENV_ID, config=_cfg(tmp_path, benchmarks=["resnet_18_layer1_residual_add",
+                                                                 "bert_base_attention_scores_q_kt"]))
+    check_env(e.unwrapped)
+    e.close()
+
+
+def test_observation_layout(env):
+    obs, info = env.reset(options={"benchmark": "resnet_18_fc_batch_8"})
+    assert env.observation_space.contains(obs)
+    L, C = env.cfg.features.max_loops, len(env.cfg.actions.tile_choices)
+    assert list(env.action_space.nvec) == [len(ACTIONS)] + [C] * L + [L, 3]
+    assert obs["op_features"].shape == (env.features.op_size,)
+    assert obs["mask_T"].shape == (L * C,) and obs["mask_I"].shape == (L,)
+    assert info["op"] == "operation_1" and info["status"] == "pending"  # the matmul: last op first
+    tm = obs["mask_T"].reshape(L, C)
+    assert tm[3:].sum(axis=1).tolist() == [1] * (L - 3) and tm[3:, 0].all()  # absent loops: untiled only
+    assert tm[0].tolist() == [1, 1, 1, 1, 1, 0, 0, 0]  # m = 8: sizes 1..8
+
+
+@pytest.mark.parametrize("name", FAMILY_BENCHMARKS)
+def test_random_episode_on_each_family_is_measured_and_checked(env, name):
+    rng = np.random.default_rng(7)
+    obs, _ = env.reset(options={"benchmark": name})
+    done, steps, total = False, 0, 0.0
+    while not done:
+        obs, r, done, trunc, info = env.step(env.sample_valid_action(obs, rng))
+        assert not trunc and env.observation_space.contains(obs)
+        total += r
+        steps += 1
+    assert info["status"] == "ok", info["message"]  # "ok" is only given to a checked, correct result
+    assert total == pytest.approx(math.log(info["speedup"]))
+    assert steps >= len(env.load(name).ops)
+
+
+def test_reward_of_a_known_schedule(env):
+    name = "resnet_18_fc_batch_8"
+    text = "operation_1: I(0,2,1) T(4,0,64) T(0,16,1) U(4) V; operation_0: T(1,16) V"
+    obs, _ = env.reset(options={"benchmark": name})
+    for tag in ("operation_1", "operation_0"):
+        for a in Schedule.parse(text).actions(tag):
+            for vec in env.layout.encode(a):
+                obs, r, done, _, info = env.step(vec)
+    assert done and info["status"] == "ok"
+    assert info["schedule"] == "operation_0: T(1,16) V; operation_1: I(0,2,1) T(4,0,64) T(0,16,1) U(4) V"
+    assert r == pytest.approx(math.log(info["baseline_s"] / info["time_s"]))
+    # The same schedule measured directly gives the same (cached) time.
+    m = env.measurer.measure(env.load(name), Schedule.parse(text))
+    assert m.cache_hit and m.time_s == info["time_s"] and info["speedup"] > 1
+
+
+def test_per_op_rewards_sum_to_the_final_log_speedup(tmp_path):
+    e = MlirScheduleEnv(_cfg(tmp_path, reward="per_op", benchmarks=["resnet_50_layer2_3x3_bias_relu"]))
+    obs, _ = e.reset(seed=0)
+    rng = np.random.default_rng(3)
+    rewards, measured = [], 0
+    done = False
+    while not done:
+        obs, r, done, _, info = e.step(e.sample_valid_action(obs, rng))
+        rewards.append(r)
+        measured += info["status"] != "pending"
+    e.close()
+    assert measured == 3  # one measurement per finished op
+    assert info["status"] == "ok" and sum(rewards) == pytest.approx(math.log(info["speedup"]))
+
+
+def test_failures_are_penalized_and_told_apart(tmp_path):
+    name = "bert_base_ffn_output"
+    # The baseline and its reference are measured once with a generous limit and
+    # land in the cache; the env then runs with a run limit too short for a slow schedule.
+    cfg = _cfg(tmp_path, benchmarks=[name], penalties={"timeout": -5.0})
+    from envs.mlir import MeasureConfig, Measurer
+    with Measurer(MeasureConfig(**cfg["measure"])) as m:
+        assert m.baseline(MlirScheduleEnv(cfg).load(name)).ok
+    cfg["measure"]["run_timeout_s"] = 0.05
+    e = MlirScheduleEnv(cfg)
+    obs, info = e.reset(seed=0)
+    assert info["baseline_s"] > 0
+    # Scalar 1x1x1 tiles of an 8x768x3072 matmul: far slower than the limit.
+    actions = Schedule.parse("operation_1: T(1,1,1)").actions("operation_1") + (envs.mlir.NT(),) * 2
+    for a in actions:
+        obs, r, done, _, info = e.step(e.layout.encode(a)[0])
+    e.close()
+    assert done and info["status"] == "timeout" and r == -5.0 and info["speedup"] is None
+    assert "running took longer than 0.05 s" in info["message"]
+
+
+def test_masks_only_allow_valid_actions(env):
+    """At a few states, every unmasked choice of every head decodes and applies."""
+    rng = np.random.default_rng(11)
+    for name in ("resnet_18_layer2_conv_3x3_2", "bert_base_attention_scores_q_kt", "resnet_18_maxpool_3x3_2"):
+        obs, _ = env.reset(options={"benchmark": name})
+        for _ in range(4):
+            s = env.ps.current
+            for k in np.flatnonzero(obs["mask_transformation"]):
+                cls = ACTIONS[k]
+                heads = []
+                if cls in TILINGS:
+                    m = obs[f"mask_{cls.name}"].reshape(env.layout.L, env.layout.C)
+                    heads = [(1 + d, c) for d in range(s.num_loops) for c in np.flatnonzero(m[d])]
+                elif cls.name == "I":
+                    heads = [(env.layout.pointer_index, p) for p in np.flatnonzero(obs["mask_I"])]
+                elif cls.name == "U":
+                    heads = [(env.layout.unroll_index, f) for f in np.flatnonzero(obs["mask_U"])]
+                for idx, c in heads or [(0, k)]:
+                    vec = np.zeros(len(env.layout.nvec), np.int64)
+                    vec[0], vec[idx] = k, c
+                    a = env.layout.decode(vec, {key: obs[key] for key in obs if key.startswith("mask")}, s)
+                    if not isinstance(a, int):
+                        trial = env.ps.copy()
+                        trial.step(a)  # raises ScheduleError if a mask allowed an invalid action
+            obs, _, done, _, _ = env.step(env.sample_valid_action(obs, rng))
+            if done:
+                break
+
+
+def test_masked_action_is_a_clear_error(env):
+    obs, _ = env.reset(options={"benchmark": "resnet_18_global_avgpool_7x7"})
+    assert not obs["mask_transformation"][ACTIONS.index(envs.mlir.U)]
+    vec = np.zeros(len(env.layout.nvec), np.int64)
+    vec[0] = ACTIONS.index(envs.mlir.U)
+    with pytest.raises(InvalidActionError, match="transformation U is masked"):
+        env.step(vec)
+    vec[0] = ACTIONS.index(envs.mlir.T)
+    vec[1] = len(env.cfg.actions.tile_choices) - 1  # 64 on a loop of bound 1
+    with pytest.raises(InvalidActionError, match="tile head 0"):
+        env.step(vec)
+
+
+def test_seeded_reset_is_reproducible(env):
+    picks = [env.reset(seed=s)[1]["benchmark"] for s in (1, 2, 3, 1, 2, 3)]
+    assert picks[:3] == picks[3:]
+    o1, _ = env.reset(seed=5)
+    o2, _ = env.reset(seed=5)
+    for k in o1:
+        np.testing.assert_array_equal(o1[k], o2[k])
+    assert env.action_space.sample() is not None
+
+
+def test_bad_settings_name_the_setting(tmp_path):
+    with pytest.raises(ValueError, match="env.reward"):
+        EnvConfig.coerce({"reward": "best"})
+    with pytest.raises(ValueError, match="env.penalties"):
+        EnvConfig.coerce({"penalties": {"segfault": -1}})
+    with pytest.raises(ValueError, match="env.measure.threads"):
+        EnvConfig.coerce({"measure": {"threads": 0}})
+    with pytest.raises(ValueError, match="env.actions.colour"):
+        EnvConfig.coerce({"actions": {"colour": 1}})
+    with pytest.raises(ValueError, match="no benchmark named nope"):
+        MlirScheduleEnv(_cfg(tmp_path, benchmarks=["nope"]))
+    with pytest.raises(ValueError, match="no such suite file"):
+        MlirScheduleEnv(_cfg(tmp_path, suite=str(tmp_path / "none.parquet")))
+
+
+def test_search_baselines_spend_their_budget(env):
+    name = "bert_base_attention_scores_q_kt"
+    r = random_search(env, name, budget=4, seed=0)
+    g = greedy_search(env, name, budget=6, seed=0)
+    for res in (r, g):
+        assert res.measurements == len(res.best_so_far) and res.measurements <= 6
+        assert res.speedup >= 1.0 and res.best_so_far == sorted(res.best_so_far)
+    assert g.measurements == 6 and g.schedule  # greedy beats the untransformed matmul within 6 tries

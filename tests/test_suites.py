@@ -1,0 +1,103 @@
+"""The shipped suites and the suite builder."""
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from envs.mlir import Program
+from envs.suites import COLUMNS, SuiteError, load_suite, suite_path, write_suite
+
+from conftest import MATMUL
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAMILIES = {"matmul", "batch_matmul", "conv2d", "depthwise_conv", "maxpool", "avgpool", "add", "relu",
+            "matmul_bias_relu", "conv_bias_relu"}
+MODELS = {"ResNet-18", "ResNet-50", "VGG-16", "MobileNetV2", "BERT-base", "GPT-2"}
+
+
+@pytest.fixture(scope="module")
+def suites():
+    return {s: load_suite(suite_path(s)) for s in ("train", "eval")}
+
+
+def test_columns_and_rows(suites):
+    for split, rows in suites.items():
+        assert tuple(pq.read_schema(suite_path(split)).names) == COLUMNS
+        assert len({b.name for b in rows}) == len(rows)
+        for b in rows:
+            assert b.split == split and b.flops > 0 and b.bytes > 0 and b.layer and b.source_model in MODELS
+            assert "layer" in b.shape or "input_shape" in b.shape
+    train = suites["train"]
+    assert FAMILIES <= {b.family for b in train}
+    assert {"imported_resnet_block", "imported_mlp_block"} <= {b.family for b in train}
+    assert "imported_attention_block" in {b.family for b in suites["eval"]}
+
+
+def test_splits_are_disjoint_and_eval_has_an_unseen_model(suites):
+    train, ev = suites["train"], suites["eval"]
+    assert not {b.mlir for b in train} & {b.mlir for b in ev}
+    assert not {b.name for b in train} & {b.name for b in ev}
+    only_eval = {b.source_model for b in ev} - {b.source_model for b in train}
+    assert "GPT-2" in only_eval
+    assert {b.source_model for b in train} | {b.source_model for b in ev} == MODELS
+
+
+def test_every_benchmark_parses_and_is_small(suites):
+    for rows in suites.values():
+        for b in rows:
+            p = Program.from_text(b.mlir, b.name)
+            assert p.ops
+            # The FLOP budget that keeps the untransformed program well under 0.5 s here.
+            assert b.flops <= 64e6 or b.family.startswith("imported")
+    # The scaled shape is recorded beside the layer's own.
+    conv = next(b for b in suites["train"] if b.name == "resnet_18_layer1_conv_3x3")
+    assert conv.shape["layer"]["h"] == 58 and conv.shape["scaled"]["h"] < 58
+
+
+def test_suite_from_a_folder(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "mm.mlir").write_text(MATMUL)
+    (folder / "broken.mlir").write_text("func.func @f(%a: tensor<?xf32>) -> tensor<?xf32> {\n  return %a : tensor<?xf32>\n}\n")
+    (folder / "notes.txt").write_text("not a program")
+    out = tmp_path / "mine.parquet"
+    r = subprocess.run([sys.executable, "-m", "envs.suites", "from-folder", str(folder), "-o", str(out),
+                        "--check-time", "--threads", "1"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "skipped:" in r.stderr and "broken.mlir:1: " in r.stderr and "dynamic shape" in r.stderr
+    rows = load_suite(str(out))
+    assert [b.name for b in rows] == ["mm"]
+    assert rows[0].family == "user" and rows[0].source_model == "mine" and rows[0].mlir == MATMUL
+    assert rows[0].flops == 2 * 24 * 40 * 32 + 24 * 40 and rows[0].bytes == 4 * (24 * 32 + 32 * 40 + 24 * 40)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = subprocess.run([sys.executable, "-m", "envs.suites", "from-folder", str(empty), "-o", str(tmp_path / "x.parquet")],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 2 and "no usable .mlir file" in r.stderr
+
+
+def test_build_is_deterministic_and_respects_the_budget(tmp_path):
+    from envs.suites.__main__ import build_rows
+    a = build_rows(16_000_000, 1 << 18, with_imports=False)
+    b = build_rows(16_000_000, 1 << 18, with_imports=False)
+    assert [r["mlir"] for r in a] == [r["mlir"] for r in b]
+    assert all(r["flops"] <= 16_000_000 for r in a)
+    write_suite(a, str(tmp_path / "s.parquet"))
+    assert len(load_suite(str(tmp_path / "s.parquet"))) == len(a)
+
+
+def test_bad_suite_files_are_clear_errors(tmp_path):
+    with pytest.raises(SuiteError, match="no such suite file"):
+        load_suite(str(tmp_path / "none.parquet"))
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"name": ["x"]}), bad)
+    with pytest.raises(SuiteError, match="missing column"):
+        load_suite(str(bad))
+    junk = tmp_path / "junk.parquet"
+    junk.write_bytes(b"junk")
+    with pytest.raises(SuiteError, match="not a readable Parquet file"):
+        load_suite(str(junk))
