@@ -39,15 +39,18 @@ def pipeline(parallel: bool) -> Tuple[str, str]:
     passes = ["buffer-deallocation-pipeline", "canonicalize"]
     if parallel:
         passes += ["scf-forall-to-parallel"]
-    passes += ["convert-linalg-to-loops", "convert-vector-to-scf", "lower-affine"]
+    # full-unroll: n-D transfers become 1-D ones in place; otherwise they go through a
+    # stack temporary allocated inside the loop, and a long loop overflows the stack.
+    passes += ["convert-linalg-to-loops", "convert-vector-to-scf{full-unroll=true}", "lower-affine"]
     if parallel:
         passes += ["convert-scf-to-openmp"]
+    # math ops LLVM has no intrinsic for (erf, from GELU) become libm calls; the vector
+    # ops that unrolling them makes are lowered after.
     passes += ["expand-strided-metadata", "lower-affine", "finalize-memref-to-llvm", "convert-scf-to-cf",
-               "convert-vector-to-llvm"]
+               "convert-math-to-llvm", "convert-math-to-libm", "convert-vector-to-llvm"]
     if parallel:
         passes += ["convert-openmp-to-llvm"]
-    # math ops LLVM has no intrinsic for (erf from GELU) become libm calls.
-    passes += ["convert-math-to-llvm", "convert-math-to-libm", "convert-arith-to-llvm", "convert-index-to-llvm", "convert-cf-to-llvm",
+    passes += ["convert-arith-to-llvm", "convert-index-to-llvm", "convert-cf-to-llvm",
                "convert-func-to-llvm", "convert-ub-to-llvm", "reconcile-unrealized-casts"]
     return "builtin.module(" + ",".join(first) + ")", "builtin.module(" + ",".join(passes) + ")"
 

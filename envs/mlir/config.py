@@ -103,6 +103,8 @@ class MeasureConfig:
     """Cache records buffered before a new Parquet file is written."""
     max_jobs_per_worker: int = 200
     """A worker is replaced after this many jobs, bounding JIT memory growth."""
+    worker_memory_gb: float = 8.0
+    """Address-space limit of a worker (0: none): a compile that blows up dies as a crash."""
 
     def __post_init__(self):
         _check(self.repetitions >= 1, "repetitions", "must be >= 1")
@@ -115,3 +117,4 @@ class MeasureConfig:
         _check(self.opt_level in (0, 1, 2, 3), "opt_level", "must be 0..3")
         _check(self.cache_flush_every >= 1, "cache_flush_every", "must be >= 1")
         _check(self.max_jobs_per_worker >= 1, "max_jobs_per_worker", "must be >= 1")
+        _check(self.worker_memory_gb >= 0, "worker_memory_gb", "must be >= 0 (0: no limit)")

@@ -62,7 +62,8 @@ class Measurer:
     def pool(self) -> WorkerPool:
         with self._pool_lock:
             if self._pool is None:
-                self._pool = WorkerPool(self.cfg.threads, self.cfg.workers, self.cfg.max_jobs_per_worker)
+                self._pool = WorkerPool(self.cfg.threads, self.cfg.workers, self.cfg.max_jobs_per_worker,
+                                        self.cfg.worker_memory_gb)
             return self._pool
 
     def close(self) -> None:

@@ -35,6 +35,10 @@ _ARITH_OF = {
 }
 # Body ops that are bookkeeping, not arithmetic.
 _NOT_ARITH = {"linalg.yield", "linalg.index", "arith.constant"}
+# Ops the vectorizer recognizes as the combiner of a reduction.
+_COMBINERS = {"arith.addf", "arith.addi", "arith.mulf", "arith.muli", "arith.maximumf", "arith.minimumf",
+              "arith.maxnumf", "arith.minnumf", "arith.maxsi", "arith.minsi", "arith.maxui", "arith.minui",
+              "arith.andi", "arith.ori", "arith.xori"}
 
 # Ops accepted between Linalg ops (what torch-mlir's linalg-on-tensors output uses).
 _GLUE_OPS = {
@@ -358,6 +362,24 @@ def _value_key(v):
     return v
 
 
+def _plain_reduction(generic, n_inputs: int) -> bool:
+    """Whether each output is reduced by one combiner op of its own block argument
+    (what the vectorizer can take; an argmax with select is not)."""
+    block = generic.regions[0].blocks[0]
+    ops = list(block.operations)
+    yield_op = ops[-1]
+    for k, v in enumerate(yield_op.operands):
+        out_arg = block.arguments[n_inputs + k]
+        owner = v.owner
+        if not isinstance(owner, ir.Operation) and hasattr(owner, "operation"):
+            owner = owner.operation
+        if not isinstance(owner, ir.Operation) or owner.name not in _COMBINERS:
+            return False
+        if not any(o == out_arg for o in owner.operands):
+            return False
+    return True
+
+
 def _describe(index: int, tag: str, op, generic, where: str, line, producers, consumers,
               producer_of) -> LinalgOp:
     maps = [ir.AffineMapAttr(a).value for a in ir.ArrayAttr(generic.attributes["indexing_maps"])]
@@ -394,6 +416,8 @@ def _describe(index: int, tag: str, op, generic, where: str, line, producers, co
             continue
         counts[_ARITH_OF.get(name, "other")] += 1
     arith = tuple(counts[k] for k in ARITH_KINDS)
+    if vectorizable and "reduction" in iters:
+        vectorizable = _plain_reduction(generic, n_inputs)
     uses = sum(1 for r in op.results for _ in r.uses)
     return LinalgOp(tag=tag, index=index, name=op.name, op_type=_classify(op.name, iters, arith),
                     bounds=tuple(bounds), iterator_types=tuple(iters), loads=tuple(loads),

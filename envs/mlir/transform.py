@@ -145,14 +145,24 @@ class ScriptBuilder:
         if self.vectorized:
             f = self.fresh("f")
             self.add(f'{f} = transform.structured.match ops{{["func.func"]}} in %root : ({ANY}) -> {ANY}')
-            # Outer products are what make FMAs; keep canonicalization in its own group
-            # (mixed with shape-cast lowering it does not terminate).
+            # Pattern groups that must stay apart: canonicalization with shape-cast lowering,
+            # and dropping leading unit dims with contraction rewrites, never terminate.
+            # Outer products are what make FMAs.
             self.add(f"transform.apply_patterns to {f} {{")
             self.add("  transform.apply_patterns.vector.reduction_to_contract")
+            self.add(f"}} : {ANY}")
+            self.add(f"transform.apply_patterns to {f} {{")
             self.add("  transform.apply_patterns.vector.cast_away_vector_leading_one_dim")
+            self.add(f"}} : {ANY}")
+            self.add(f"transform.apply_patterns to {f} {{")
             self.add('  transform.apply_patterns.vector.lower_contraction lowering_strategy = "outerproduct"')
             self.add("  transform.apply_patterns.vector.lower_outerproduct")
             self.add("  transform.apply_patterns.vector.transfer_permutation_patterns")
+            self.add(f"}} : {ANY}")
+            # Multi-dimensional reductions (not contractions) become 1-D reductions.
+            self.add(f"transform.apply_patterns to {f} {{")
+            for p in ("reorder_multi_reduction_dims", "multi_reduction_flattening", "multi_reduction_unrolling"):
+                self.add(f'  transform.apply_patterns.vector.{p} lowering_strategy = "innerreduction"')
             self.add(f"}} : {ANY}")
             # n-D vectors that LLVM cannot take: break them into 1-D ones.
             self.add(f"transform.apply_patterns to {f} {{")

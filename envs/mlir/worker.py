@@ -35,8 +35,12 @@ TIMEOUT = "timeout"
 STATUSES = (OK, WRONG, TRANSFORM_FAILED, COMPILE_FAILED, CRASH, TIMEOUT)
 
 
-def _serve(conn, threads: int) -> None:
+def _serve(conn, threads: int, memory_gb: float = 0.0) -> None:
     """Worker main loop (runs in the child process)."""
+    if memory_gb > 0:
+        import resource
+        limit = int(memory_gb * (1 << 30))
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     # OpenMP reads its thread count when libiomp5 is first loaded, inside the first JIT.
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ.setdefault("KMP_WARNINGS", "0")
@@ -110,13 +114,14 @@ class _Conn:
 
 
 class _Worker:
-    def __init__(self, threads: int):
+    def __init__(self, threads: int, memory_gb: float):
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         env = dict(os.environ)
         env["PYTHONPATH"] = _ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "envs.mlir._workerproc", str(to_child_r), str(from_child_w), str(threads)],
+            [sys.executable, "-m", "envs.mlir._workerproc", str(to_child_r), str(from_child_w), str(threads),
+             str(memory_gb)],
             pass_fds=(to_child_r, from_child_w), env=env, stdin=subprocess.DEVNULL, cwd=_ROOT)
         os.close(to_child_r)
         os.close(from_child_w)
@@ -160,8 +165,9 @@ def _died(w: _Worker, phase: str) -> Dict[str, Any]:
 class WorkerPool:
     """A fixed number of live workers; `run(job)` is thread-safe and blocking."""
 
-    def __init__(self, threads: int, size: int = 1, max_jobs_per_worker: int = 200):
+    def __init__(self, threads: int, size: int = 1, max_jobs_per_worker: int = 200, memory_gb: float = 0.0):
         self.threads = threads
+        self.memory_gb = memory_gb
         self.max_jobs = max_jobs_per_worker
         self._idle: "queue.Queue[_Worker]" = queue.Queue()
         self._all = []
@@ -171,7 +177,7 @@ class WorkerPool:
             self._add()
 
     def _add(self) -> None:
-        w = _Worker(self.threads)
+        w = _Worker(self.threads, self.memory_gb)
         with self._lock:
             self._all.append(w)
         self._idle.put(w)
