@@ -206,3 +206,22 @@ def test_search_baselines_spend_their_budget(env):
         assert res.measurements == len(res.best_so_far) and res.measurements <= 6
         assert res.speedup >= 1.0 and res.best_so_far == sorted(res.best_so_far)
     assert g.measurements == 6 and g.schedule  # greedy beats the untransformed matmul within 6 tries
+
+
+@pytest.mark.parametrize("split", ["train", "eval"])
+def test_random_masked_episodes_on_every_benchmark_are_correct(tmp_path, split):
+    """One random valid episode per benchmark of each shipped suite: whatever the
+    masks allow transforms, compiles, runs and computes the right result."""
+    e = MlirScheduleEnv({"split": split, "measure": {"threads": 2, "repetitions": 1, "warmup": 0,
+                                                     "cache_dir": str(tmp_path)}})
+    rng = np.random.default_rng(2024)
+    failures = []
+    for name in e.names:
+        obs, _ = e.reset(options={"benchmark": name})
+        done = False
+        while not done:
+            obs, _, done, _, info = e.step(e.sample_valid_action(obs, rng))
+        if info["status"] != "ok":
+            failures.append(f"{name}: {info['status']}: {info['message']} [{info['schedule']}]")
+    e.close()
+    assert not failures, "\n".join(failures)

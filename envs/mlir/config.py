@@ -80,7 +80,9 @@ class MeasureConfig:
     repetitions: int = 5
     """Timed runs; the reported time is their median."""
     warmup: int = 1
-    """Untimed runs before the timed ones."""
+    """Untimed runs before the timed ones (at least one is always made)."""
+    min_sample_s: float = 1e-3
+    """A timed sample of a faster program averages as many calls as fill this (up to 1000)."""
     threads: int = field(default_factory=available_cpus)
     """OpenMP threads for parallel code (default: the CPUs this process may use)."""
     workers: int = 1
@@ -109,6 +111,7 @@ class MeasureConfig:
     def __post_init__(self):
         _check(self.repetitions >= 1, "repetitions", "must be >= 1")
         _check(self.warmup >= 0, "warmup", "must be >= 0")
+        _check(self.min_sample_s >= 0, "min_sample_s", "must be >= 0")
         _check(self.threads >= 1, "threads", "must be >= 1")
         _check(self.workers >= 1, "workers", "must be >= 1")
         _check(self.compile_timeout_s > 0, "compile_timeout_s", "must be > 0")

@@ -118,8 +118,8 @@ class Measurer:
         job = {"program": program.text, "func": program.func_name, "inputs": program.inputs,
                "outputs": program.outputs, "script": script.text if script else None,
                "parallel": bool(script and script.parallel), "repetitions": c.repetitions, "warmup": c.warmup,
-               "seed": c.seed, "reference": reference, "want_output": want_output, "rtol": c.rtol,
-               "atol": c.atol, "opt_level": c.opt_level}
+               "min_sample_s": c.min_sample_s, "seed": c.seed, "reference": reference,
+               "want_output": want_output, "rtol": c.rtol, "atol": c.atol, "opt_level": c.opt_level}
         res = self.pool.run(job, c.compile_timeout_s, c.run_timeout_s)
         if res.get("where"):
             res["message"] = f"{_culprit(program, res['where'])}: {res['message']}"
