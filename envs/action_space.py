@@ -33,6 +33,14 @@ from .mlir.schedule import ACTIONS, NT, TF, TP, Action, I, OpState, T, U
 
 TILINGS = (T, TP, TF)
 MASK_KEYS = ("mask_transformation", "mask_T", "mask_TP", "mask_TF", "mask_I", "mask_U")
+TRANSFORMATIONS = tuple(a.name for a in ACTIONS)
+"""Names of the transformation head's choices, in order."""
+TILING_IDS = tuple(ACTIONS.index(c) for c in TILINGS)
+"""Transformations that read the tile heads (their masks: mask_T, mask_TP, mask_TF, in this order)."""
+POINTER_ID = ACTIONS.index(I)
+"""The transformation that reads the interchange pointer head."""
+UNROLL_ID = ACTIONS.index(U)
+"""The transformation that reads the unroll head."""
 
 
 class InvalidActionError(ValueError):

@@ -176,15 +176,17 @@ class MlirScheduleEnv(gym.Env):
         return {"benchmark": self.program.name if self.program else None, "op": s.op.tag if s else None,
                 "schedule": str(self.ps.schedule()) if self.ps else "", "status": "pending", "time_s": None,
                 "baseline_s": self._baseline.time_s if self._baseline else None, "speedup": None,
-                "cache_hit": None, "message": ""}
+                "cache_hit": None, "message": "", "compile_s": 0.0, "run_s": 0.0}
 
     def _measure(self):
         """Measure the schedule so far; (reward, info)."""
         schedule = self.ps.schedule()
+        before = dict(self.measurer.counts)
         m = self.measurer.measure(self.program, schedule)
+        spent = {k: self.measurer.counts[k] - before[k] for k in ("transform_s", "compile_s", "run_s")}
         info = self._info()
         info.update(schedule=str(schedule), status=m.status, time_s=m.time_s, cache_hit=m.cache_hit,
-                    message=m.message)
+                    message=m.message, compile_s=spent["transform_s"] + spent["compile_s"], run_s=spent["run_s"])
         if not m.ok:
             return self.cfg.penalties[m.status], info
         speedup = self._baseline.time_s / m.time_s

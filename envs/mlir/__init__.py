@@ -16,12 +16,12 @@ from .features import FeatureLayout
 from .measure import Measurer, Result
 from .program import ARITH_KINDS, OP_TYPES, LinalgOp, Program
 from .schedule import ACTIONS, I2C, NT, TF, TP, Action, I, OpState, ProgramState, Schedule, T, U, V
-from .transform import Script, build_script
+from .transform import Script, build_script, write_transformed
 from .worker import STATUSES, WorkerPool
 
 __all__ = [
     "ACTIONS", "ARITH_KINDS", "Action", "ActionConfig", "FeatureConfig", "FeatureLayout", "I", "I2C",
     "LinalgOp", "MeasureConfig", "Measurement", "Measurer", "MlirInputError", "NT", "OP_TYPES", "OpState",
     "Program", "ProgramState", "Result", "STATUSES", "Schedule", "ScheduleError", "Script", "T", "TF", "TP",
-    "TimeCache", "U", "V", "WorkerPool", "build_script", "machine_fingerprint",
+    "TimeCache", "U", "V", "WorkerPool", "build_script", "machine_fingerprint", "write_transformed",
 ]

@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     from .measure import Measurer
     from .program import Program
     from .schedule import Schedule
-    from .transform import build_script
+    from .transform import build_script, write_transformed
 
     say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     try:
@@ -82,26 +82,12 @@ def main(argv=None) -> int:
             else:
                 say(f"status: {s.status}: {s.message}")
             if args.output and script is not None:
-                _write_output(program, script, args.output)
+                write_transformed(program, script, args.output)
                 say(f"wrote {args.output} and {args.output}.transform.mlir")
         out.update(status=status, correct=correct)
     if args.json:
         print(json.dumps(out))
     return 0 if correct else 1
-
-
-def _write_output(program, script, path: str) -> None:
-    """The transformed module (before lowering) and the script that made it."""
-    from torch_mlir import ir
-    from torch_mlir.dialects.transform import interpreter
-    with ir.Context(), ir.Location.unknown():
-        mod = ir.Module.parse(program.text)
-        tmod = ir.Module.parse(script.text)
-        interpreter.apply_named_sequence(mod.operation, tmod.body.operations[0], tmod)
-        with open(path, "w") as f:
-            f.write(str(mod))
-    with open(path + ".transform.mlir", "w") as f:
-        f.write(script.text)
 
 
 if __name__ == "__main__":

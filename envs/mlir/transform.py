@@ -215,3 +215,17 @@ def build_script(program: Program, schedule: Schedule, cfg: ActionConfig = Actio
     b.epilogue()
     text = _HEADER + "\n" + "\n".join(b.lines) + "\n" + _FOOTER
     return Script(text, ps.schedule().parallel)
+
+
+def write_transformed(program: Program, script: Script, path: str) -> None:
+    """Write the transformed module (before lowering) to `path` and its script to `path`.transform.mlir."""
+    from torch_mlir import ir
+    from torch_mlir.dialects.transform import interpreter
+    with ir.Context(), ir.Location.unknown():
+        mod = ir.Module.parse(program.text)
+        tmod = ir.Module.parse(script.text)
+        interpreter.apply_named_sequence(mod.operation, tmod.body.operations[0], tmod)
+        with open(path, "w") as f:
+            f.write(str(mod))
+    with open(path + ".transform.mlir", "w") as f:
+        f.write(script.text)

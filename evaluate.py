@@ -1,0 +1,179 @@
+"""Evaluate a trained policy: its schedules, re-measured, beside search baselines.
+
+    python evaluate.py --checkpoint DIR                              # the eval split
+    python evaluate.py --checkpoint DIR --benchmarks SUITE.parquet   # another suite
+    python evaluate.py --checkpoint DIR --mlir FILE.mlir -o OUT.mlir # one program; writes it transformed
+
+For each benchmark the policy schedules greedily (plus `--samples - 1`
+sampled episodes; the best measured schedule is kept), the chosen schedule is
+measured again from scratch (no cache) and checked, and random and greedy
+search get the same number of measurements. Writes name, schedule,
+baseline_s, scheduled_s, speedup, correct (and the baselines' speedups) to a
+CSV or Parquet file and prints a table with geometric means. Only the saved
+RLModule is loaded: no Algorithm, no Ray cluster.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import sys
+import tempfile
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+
+def load_module(checkpoint: str):
+    """The RLModule saved in an RLlib checkpoint (or in the module folder itself)."""
+    from ray.rllib.core.rl_module.rl_module import RLModule
+    candidates = [os.path.join(checkpoint, "learner_group", "learner", "rl_module", "default_policy"), checkpoint]
+    for path in candidates:
+        if os.path.exists(os.path.join(path, "module_state.pt")) or os.path.exists(
+                os.path.join(path, "module_state.pkl")) or os.path.exists(os.path.join(path, "class_and_ctor_args.pkl")):
+            module = RLModule.from_checkpoint(path)
+            module.eval()
+            return module
+    raise FileNotFoundError(f"{checkpoint}: no RLModule checkpoint here (looked for "
+                            f"learner_group/learner/rl_module/default_policy)")
+
+
+def policy_episode(env, module, benchmark: str, deterministic: bool, rng_seed: Optional[int] = None) -> Dict:
+    """One episode of the policy; the final info (schedule, status, speedup...)."""
+    import torch
+    from ray.rllib.core.columns import Columns
+    if rng_seed is not None:
+        torch.manual_seed(rng_seed)
+    obs, _ = env.reset(options={"benchmark": benchmark})
+    done = False
+    dist_cls = module.get_inference_action_dist_cls()
+    while not done:
+        batch = {Columns.OBS: {k: torch.as_tensor(v)[None] for k, v in obs.items()}}
+        with torch.no_grad():
+            out = module.forward_inference(batch) if deterministic else module.forward_exploration(batch)
+        dist = dist_cls.from_logits(out[Columns.ACTION_DIST_INPUTS])
+        if deterministic:
+            dist = dist.to_deterministic()
+        action = dist.sample()[0].cpu().numpy()
+        obs, _, done, _, info = env.step(action)
+    return info
+
+
+def geomean(xs: Sequence[float]) -> float:
+    xs = [x for x in xs if x and x > 0]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
+
+
+def evaluate_checkpoint(checkpoint: str, split: str = "eval", suite: str = "", benchmarks: Optional[List[str]] = None,
+                        samples: int = 4, env_overrides: Optional[Dict] = None, out: str = "",
+                        mlir_file: str = "", output_mlir: str = "", seed: int = 0) -> List[Dict]:
+    from envs import MlirScheduleEnv, greedy_search, random_search
+    from envs.mlir import Measurer, Program, Schedule, build_script, write_transformed
+    from envs.suites import write_suite
+
+    module = load_module(checkpoint)
+    env_cfg = copy.deepcopy(env_overrides or {})
+    env_cfg.pop("benchmarks", None)
+    env_cfg.update(split=split, suite=suite)
+    tmp = None
+    if mlir_file:
+        program = Program.from_file(mlir_file)  # bad input: MlirInputError naming file and line
+        tmp = tempfile.TemporaryDirectory()
+        name = os.path.splitext(os.path.basename(mlir_file))[0]
+        env_cfg["suite"] = os.path.join(tmp.name, "one.parquet")
+        write_suite([dict(name=name, split="user", family="user", source_model="user", layer=name,
+                          mlir=program.text, flops=sum(o.flops for o in program.ops), bytes=0, params="{}")],
+                    env_cfg["suite"])
+        benchmarks = [name]
+    if benchmarks:
+        env_cfg["benchmarks"] = list(benchmarks)
+    env = MlirScheduleEnv(env_cfg)
+    fresh = Measurer(env.cfg.measure.__class__(**{**env.cfg.measure.__dict__, "cache_dir": ""}), env.cfg.actions)
+    rows = []
+    print(f"evaluating {checkpoint} on {len(env.names)} benchmark(s), budget {samples} measurement(s) each")
+    try:
+        for name in env.names:
+            infos = [policy_episode(env, module, name, deterministic=True)]
+            infos += [policy_episode(env, module, name, deterministic=False, rng_seed=seed + k)
+                      for k in range(samples - 1)]
+            best = max(infos, key=lambda i: i["speedup"] or 0.0)
+            program = env.load(name)
+            schedule = Schedule.parse(best["schedule"])
+            r = fresh.evaluate(program, schedule)  # re-measured from scratch, and checked
+            m = r.measurement
+            rand = random_search(env, name, samples, seed)
+            greedy = greedy_search(env, name, samples, seed=seed)
+            rows.append(dict(name=name, schedule=str(schedule.for_program(program)), baseline_s=r.baseline.time_s,
+                             scheduled_s=m.time_s, speedup=r.speedup, correct=m.status == "ok", status=m.status,
+                             random_speedup=rand.speedup, greedy_speedup=greedy.speedup))
+            if output_mlir and mlir_file:
+                script = build_script(program, schedule, env.cfg.actions)
+                if script is not None:
+                    write_transformed(program, script, output_mlir)
+                    print(f"wrote {output_mlir} and {output_mlir}.transform.mlir")
+    finally:
+        env.close()
+        fresh.close()
+        if tmp is not None:
+            tmp.cleanup()
+    _print_table(rows, samples)
+    if out:
+        _write(rows, out)
+        print(f"wrote {out}")
+    return rows
+
+
+def _print_table(rows: List[Dict], samples: int) -> None:
+    w = max([len(r["name"]) for r in rows] + [9])
+    print(f"\n{'benchmark':<{w}} {'baseline ms':>11} {'policy ms':>10} {'policy':>8} {'random':>8} {'greedy':>8}  ok")
+    for r in rows:
+        sched = f"{r['scheduled_s'] * 1e3:10.3f}" if r["scheduled_s"] else f"{'-':>10}"
+        sp = f"x{r['speedup']:7.2f}" if r["speedup"] else f"{r['status']:>8}"
+        print(f"{r['name']:<{w}} {r['baseline_s'] * 1e3:11.3f} {sched} {sp} x{r['random_speedup']:7.2f} "
+              f"x{r['greedy_speedup']:7.2f}  {'yes' if r['correct'] else 'NO'}")
+    print(f"{'geomean':<{w}} {'':>11} {'':>10} x{geomean([r['speedup'] for r in rows]):7.2f} "
+          f"x{geomean([r['random_speedup'] for r in rows]):7.2f} x{geomean([r['greedy_speedup'] for r in rows]):7.2f}")
+    print(f"(speedups over the untransformed program; every method spent {samples} measurement(s) per benchmark)")
+
+
+def _write(rows: List[Dict], path: str) -> None:
+    import pyarrow as pa
+    table = pa.Table.from_pylist(rows)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+        pq.write_table(table, path)
+    else:
+        import pyarrow.csv as pacsv
+        pacsv.write_csv(table, path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="a Tune/RLlib checkpoint folder (or an RLModule folder)")
+    ap.add_argument("--benchmarks", default="", help="a suite .parquet (default: the shipped eval split)")
+    ap.add_argument("--mlir", default="", help="one .mlir program instead of a suite")
+    ap.add_argument("--only", nargs="*", help="only these benchmark names")
+    ap.add_argument("--samples", type=int, default=4, help="measurements per benchmark and method (default 4)")
+    ap.add_argument("--threads", type=int, help="MLIR threads (default: the CPUs available)")
+    ap.add_argument("--out", default="evaluation.csv", help="results file (.csv or .parquet)")
+    ap.add_argument("-o", "--output-mlir", default="", help="with --mlir: write the transformed module here")
+    args = ap.parse_args(argv)
+    from envs.mlir import MlirInputError
+    from envs.suites import SuiteError
+    overrides = {"measure": {"threads": args.threads}} if args.threads else {}
+    try:
+        if args.samples < 1:
+            raise ValueError("--samples must be >= 1")
+        evaluate_checkpoint(args.checkpoint, suite=args.benchmarks, benchmarks=args.only, samples=args.samples,
+                            env_overrides=overrides, out=args.out, mlir_file=args.mlir, output_mlir=args.output_mlir)
+    except (MlirInputError, SuiteError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

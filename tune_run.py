@@ -1,0 +1,264 @@
+"""Train a scheduling policy with RLlib PPO through Ray Tune.
+
+    python tune_run.py --model lstm                      # embedded local Ray, tune_configs/lstm.yaml
+    python tune_run.py --model distilbert --address auto # join a running cluster
+    python tune_run.py --config tune_configs/smoke.yaml  # a 3-minute smoke run
+    python tune_run.py --model lstm --resume             # continue a killed run from its last checkpoint
+    python tune_run.py --model distilbert --dry-run      # build everything, print sizes and resources, exit
+
+Every setting lives in the YAML file (sections model, env, ppo, resources, run);
+flags override a few. A value in `ppo` may be a Tune search space:
+``{grid_search: [1e-3, 3e-4]}`` or ``{choice: [0.0, 0.01]}``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import sys
+import time
+from typing import Any, Dict, Optional
+
+import yaml
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+SECTIONS = ("model", "env", "ppo", "resources", "run")
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot be used, naming the file and setting."""
+
+
+def load_config(path: str) -> Dict[str, Any]:
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    unknown = [k for k in cfg if k not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"{path}: unknown section {unknown[0]!r}; sections: {', '.join(SECTIONS)}")
+    for s in SECTIONS:
+        cfg.setdefault(s, {})
+        if not isinstance(cfg[s], dict):
+            raise ConfigError(f"{path}: section {s!r} must be a mapping")
+    cfg["_path"] = path
+    return cfg
+
+
+def _search_space(value):
+    """YAML {grid_search: [...]} / {choice: [...]} -> Tune search spaces."""
+    from ray import tune
+    if isinstance(value, dict) and len(value) == 1:
+        (k, v), = value.items()
+        if k == "grid_search":
+            return tune.grid_search(list(v))
+        if k == "choice":
+            return tune.choice(list(v))
+    return value
+
+
+def env_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The env section, with the MLIR threads set to an env runner's CPUs."""
+    from envs import EnvConfig
+    env = copy.deepcopy(cfg["env"])
+    measure = env.setdefault("measure", {})
+    measure.setdefault("threads", int(cfg["resources"].get("num_cpus_per_env_runner", 1)))
+    measure["cache_dir"] = os.path.expanduser(measure.get("cache_dir") or
+                                              os.environ.get("MLIR_RL_CACHE", "~/.cache/mlir_rl/times"))
+    try:
+        EnvConfig.coerce(env)  # validate now, naming the setting, not inside a remote actor
+    except ValueError as e:
+        raise ConfigError(f"{cfg['_path']}: {e}") from None
+    return env
+
+
+def build_algo_config(cfg: Dict[str, Any]):
+    """The PPOConfig of a run configuration."""
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from envs import MlirScheduleEnv
+    from rllib_models.callbacks import SchedulingMetrics
+    from rllib_models.module import MlirPolicyModule
+
+    res = cfg["resources"]
+    ppo = {k: _search_space(v) for k, v in cfg["ppo"].items()}
+    config = (
+        PPOConfig()
+        .environment(MlirScheduleEnv, env_config=env_config(cfg))
+        .framework("torch")
+        .env_runners(num_env_runners=int(res.get("num_env_runners", 1)),
+                     num_cpus_per_env_runner=int(res.get("num_cpus_per_env_runner", 1)),
+                     rollout_fragment_length="auto", sample_timeout_s=600)
+        .learners(num_learners=0, num_gpus_per_learner=float(res.get("num_gpus_per_learner", 0)))
+        .rl_module(rl_module_spec=RLModuleSpec(module_class=MlirPolicyModule, model_config=dict(cfg["model"])))
+        .callbacks(SchedulingMetrics)
+    )
+    if res.get("custom_resources_per_learner"):
+        config.learners(custom_resources_per_learner=dict(res["custom_resources_per_learner"]))
+    try:
+        config.training(**ppo)
+    except TypeError as e:
+        raise ConfigError(f"{cfg['_path']}: invalid setting in ppo: {e}") from None
+    return config
+
+
+def dry_run(cfg: Dict[str, Any]) -> None:
+    """Build the config and the module; print parameter counts and resources."""
+    from envs import MlirScheduleEnv
+    from rllib_models.module import MlirPolicyModule
+    config = build_algo_config(cfg)
+    env = MlirScheduleEnv(config.env_config)
+    module = MlirPolicyModule(observation_space=env.observation_space, action_space=env.action_space,
+                              model_config=dict(cfg["model"]))
+    env.close()
+    res = cfg["resources"]
+    print(f"model {cfg['model'].get('model_type', 'lstm')} ({cfg['_path']})")
+    for part, n in module.parameter_counts().items():
+        print(f"  {part:<14} {n:>12,d} parameters")
+    print(f"learner:    1 x ({res.get('num_gpus_per_learner', 0)} GPU, 1 CPU)")
+    print(f"env runners: {res.get('num_env_runners', 1)} x ({res.get('num_cpus_per_env_runner', 1)} CPU, "
+          f"MLIR threads {config.env_config['measure']['threads']})")
+    print(f"benchmarks: {len(env.names)} of the {config.env_config.get('split', 'train')} split")
+
+
+def check_gpus(cfg: Dict[str, Any], address: Optional[str]) -> None:
+    """A GPU asked for where none exists fails now, not as an endless wait."""
+    want = float(cfg["resources"].get("num_gpus_per_learner", 0))
+    if want <= 0:
+        return
+    import ray
+    have = ray.cluster_resources().get("GPU", 0.0)
+    if have < want:
+        where = f"the cluster at {address}" if address else "this machine"
+        raise ConfigError(f"resources.num_gpus_per_learner = {want:g}, but {where} has {have:g} GPU(s); "
+                          "set it to 0 (or --gpus-per-learner 0) to learn on a CPU")
+
+
+def _progress_callback():
+    """A Tune callback printing one line per iteration (Tune imported lazily)."""
+    from ray.tune import Callback
+
+    class _Printer(Callback):
+        def __init__(self):
+            self.t0 = time.time()
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            m = result.get("mlir") or {}
+            er = result.get("env_runners") or {}
+            steps = er.get("num_env_steps_sampled_lifetime", er.get("num_env_steps_sampled", 0))
+            fails = sum((m.get("failures") or {}).values())
+            print(f"[{trial.trial_id}] iter {result.get('training_iteration', 0):>3}  env steps {int(steps or 0):>6}  "
+                  f"episodes {int(m.get('episodes', 0)):>4}  speedup x{m.get('speedup_geomean', math.nan):6.2f} "
+                  f"(geomean)  best x{m.get('best_speedup_geomean', math.nan):6.2f}  "
+                  f"cache hits {100 * m.get('cache_hit_rate', 0.0):5.1f}%  failures {int(fails):>3}  "
+                  f"{result.get('time_this_iter_s', 0.0):6.1f} s", flush=True)
+
+    return _Printer()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=("lstm", "distilbert"), default="lstm",
+                    help="picks tune_configs/<model>.yaml (default lstm)")
+    ap.add_argument("--config", help="another run configuration (YAML)")
+    ap.add_argument("--address", help="join a Ray cluster ('auto' or host:port); default: an embedded local Ray")
+    ap.add_argument("--num-env-runners", type=int)
+    ap.add_argument("--gpus-per-learner", type=float)
+    ap.add_argument("--stop-iters", type=int)
+    ap.add_argument("--stop-time", type=float, help="seconds")
+    ap.add_argument("--results-dir")
+    ap.add_argument("--resume", action="store_true", help="continue the run in results-dir/name")
+    ap.add_argument("--dry-run", action="store_true", help="build config and module, print sizes, exit")
+    ap.add_argument("--no-eval", action="store_true", help="skip the evaluation table at the end")
+    args = ap.parse_args(argv)
+
+    try:
+        cfg = load_config(args.config or os.path.join(ROOT, "tune_configs", f"{args.model}.yaml"))
+        res, run = cfg["resources"], cfg["run"]
+        if args.num_env_runners is not None:
+            res["num_env_runners"] = args.num_env_runners
+        if args.gpus_per_learner is not None:
+            res["num_gpus_per_learner"] = args.gpus_per_learner
+        if args.stop_iters is not None:
+            run["stop_iters"] = args.stop_iters
+        if args.stop_time is not None:
+            run["stop_time_s"] = args.stop_time
+        if args.results_dir:
+            run["results_dir"] = args.results_dir
+        run["results_dir"] = os.path.abspath(os.path.expanduser(run.get("results_dir", "~/mlir_rl_results")))
+        run.setdefault("name", cfg["model"].get("model_type", "run"))
+        if args.dry_run:
+            dry_run(cfg)
+            return 0
+        return train(cfg, args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # settings refused by EnvConfig / encoders, already named
+        print(f"error: {cfg.get('_path', '')}: {e}" if 'cfg' in locals() else f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def train(cfg: Dict[str, Any], args) -> int:
+    import ray
+    from ray import tune
+    from ray.rllib.algorithms.ppo import PPO
+
+    from envs.mlir.config import available_cpus
+
+    run = cfg["run"]
+    if args.address:
+        ctx = ray.init(address=args.address)
+    else:
+        ctx = ray.init(num_cpus=available_cpus(), include_dashboard=True, dashboard_host="127.0.0.1")
+    try:
+        check_gpus(cfg, args.address)
+        config = build_algo_config(cfg)
+        url = getattr(ctx, "dashboard_url", None)
+        print(f"Ray dashboard: {'http://' + url if url and not url.startswith('http') else url or 'not running'}")
+        exp_dir = os.path.join(run["results_dir"], run["name"])
+        print(f"results: {exp_dir}  (tensorboard --logdir {exp_dir})")
+        stop = {"training_iteration": int(run.get("stop_iters", 20))}
+        if run.get("stop_time_s"):
+            stop["time_total_s"] = float(run["stop_time_s"])
+        run_config = tune.RunConfig(
+            name=run["name"], storage_path=run["results_dir"], stop=stop, verbose=0,
+            checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=int(run.get("checkpoint_every", 5)),
+                                                    checkpoint_at_end=True, num_to_keep=3),
+            callbacks=[_progress_callback()])
+        if args.resume:
+            if not tune.Tuner.can_restore(exp_dir):
+                raise ConfigError(f"--resume: no run to continue in {exp_dir}")
+            print(f"resuming {exp_dir}")
+            tuner = tune.Tuner.restore(exp_dir, trainable=PPO, resume_unfinished=True, resume_errored=True,
+                                       param_space=config)
+        else:
+            tuner = tune.Tuner(PPO, param_space=config, run_config=run_config)
+        results = tuner.fit()
+        errors = [r.error for r in results if r.error]
+        best = results.get_best_result(metric="mlir/best_speedup_geomean", mode="max") if len(results) else None
+        if errors:
+            print(f"error: {len(errors)} trial(s) failed: {errors[0]}", file=sys.stderr)
+        if best is None or best.checkpoint is None:
+            print("error: no checkpoint was written", file=sys.stderr)
+            return 1
+        print(f"best checkpoint: {best.checkpoint.path}")
+    finally:
+        ray.shutdown()
+    if not args.no_eval:
+        from evaluate import evaluate_checkpoint
+        ev = dict(run.get("evaluate") or {})
+        evaluate_checkpoint(best.checkpoint.path, split=ev.get("split", "eval"), benchmarks=ev.get("benchmarks"),
+                            samples=int(ev.get("samples", 4)), env_overrides=cfg["env"],
+                            out=os.path.join(exp_dir, "evaluation.csv"))
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
