@@ -216,7 +216,15 @@ def train(cfg: Dict[str, Any], args) -> int:
     if args.address:
         ctx = ray.init(address=args.address)
     else:
-        ctx = ray.init(num_cpus=available_cpus(), include_dashboard=True, dashboard_host="127.0.0.1")
+        # address="local": always a new instance of our own, never someone else's cluster.
+        try:
+            ctx = ray.init(address="local", num_cpus=available_cpus(), include_dashboard=True,
+                           dashboard_host="127.0.0.1")
+        except Exception as e:  # the dashboard is a convenience: train without it
+            print(f"warning: the Ray dashboard did not start ({str(e).strip().splitlines()[-1][:200]}); "
+                  "training without it", file=sys.stderr)
+            ray.shutdown()
+            ctx = ray.init(address="local", num_cpus=available_cpus(), include_dashboard=False)
     try:
         check_gpus(cfg, args.address)
         config = build_algo_config(cfg)
