@@ -258,3 +258,22 @@ def test_evaluate_on_the_checkpoint(smoke_run, tmp_path):
     bad = subprocess.run([sys.executable, "evaluate.py", "--checkpoint", str(tmp_path)], capture_output=True,
                          text=True, timeout=300, cwd=ROOT)
     assert bad.returncode == 2 and "no RLModule checkpoint" in bad.stderr
+
+
+def test_search_spaces_in_yaml_become_tune_spaces():
+    import tune_run
+    assert tune_run._search_space({"grid_search": [1e-3, 3e-4]}) == {"grid_search": [1e-3, 3e-4]}
+    from ray.tune.search.sample import Categorical
+    assert isinstance(tune_run._search_space({"choice": [0.0, 0.01]}), Categorical)
+    assert tune_run._search_space(0.5) == 0.5
+
+
+def test_a_gpu_that_does_not_exist_is_a_clear_error_at_once(tmp_path):
+    import tempfile
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    env = dict(os.environ, RAY_TMPDIR=ray_tmp, CUDA_VISIBLE_DEVICES="")
+    r = subprocess.run([sys.executable, "tune_run.py", "--config", "tune_configs/smoke.yaml", "--gpus-per-learner",
+                        "1", "--results-dir", str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                       env=env)
+    assert r.returncode == 2
+    assert "resources.num_gpus_per_learner = 1, but this machine has 0 GPU(s)" in r.stderr
