@@ -215,6 +215,7 @@ def train(cfg: Dict[str, Any], args) -> int:
     run = cfg["run"]
     if args.address:
         ctx = ray.init(address=args.address)
+        run.setdefault("shared_cache", True)  # env runners on many nodes: one cache for all
     else:
         # address="local": always a new instance of our own, never someone else's cluster.
         try:
@@ -227,6 +228,12 @@ def train(cfg: Dict[str, Any], args) -> int:
             ctx = ray.init(address="local", num_cpus=available_cpus(), include_dashboard=False)
     try:
         check_gpus(cfg, args.address)
+        if run.get("shared_cache"):
+            from envs.mlir.shared_cache import ACTOR_NAME, start_server
+            folder = env_config(cfg)["measure"]["cache_dir"]
+            start_server(folder)
+            cfg["env"].setdefault("measure", {})["shared_cache"] = ACTOR_NAME
+            print(f"time cache: one for the cluster, kept on this node in {folder}")
         config = build_algo_config(cfg)
         url = getattr(ctx, "dashboard_url", None)
         print(f"Ray dashboard: {'http://' + url if url and not url.startswith('http') else url or 'not running'}")
@@ -258,6 +265,9 @@ def train(cfg: Dict[str, Any], args) -> int:
             return 1
         print(f"best checkpoint: {best.checkpoint.path}")
     finally:
+        if run.get("shared_cache"):
+            from envs.mlir.shared_cache import stop_server
+            stop_server()
         ray.shutdown()
     if not args.no_eval:
         from evaluate import evaluate_checkpoint

@@ -101,6 +101,9 @@ class MeasureConfig:
     """LLVM optimization level of the JIT."""
     cache_dir: str = ""
     """Parquet time cache folder; empty disables the cache."""
+    shared_cache: str = ""
+    """Name of a cluster-wide cache actor (`envs.mlir.shared_cache`) to use instead of
+    `cache_dir`'s files; `cache_dir` then only keeps this node's reference outputs."""
     cache_flush_every: int = 8
     """Cache records buffered before a new Parquet file is written."""
     max_jobs_per_worker: int = 200

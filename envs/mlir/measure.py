@@ -50,7 +50,11 @@ class Measurer:
         self.cfg = config
         self.actions = actions
         self.fingerprint = machine_fingerprint(config.threads, config.opt_level)
-        self.cache = TimeCache(config.cache_dir, config.cache_flush_every) if config.cache_dir else None
+        if config.shared_cache:
+            from .shared_cache import SharedTimeCache
+            self.cache = SharedTimeCache(config.shared_cache)
+        else:
+            self.cache = TimeCache(config.cache_dir, config.cache_flush_every) if config.cache_dir else None
         self._pool: Optional[WorkerPool] = None
         self._pool_lock = threading.Lock()
         self._refs: "OrderedDict[str, List[np.ndarray]]" = OrderedDict()
