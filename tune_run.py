@@ -99,7 +99,11 @@ def build_algo_config(cfg: Dict[str, Any]):
         .callbacks(SchedulingMetrics)
     )
     if res.get("custom_resources_per_learner"):
-        config.learners(custom_resources_per_learner=dict(res["custom_resources_per_learner"]))
+        # The learner lives in the algorithm's own process (num_learners=0): its bundle carries them.
+        # This is how placement on the GPU node is tested without a GPU (a stand-in resource).
+        config.resources(custom_resources_for_main_process=dict(res["custom_resources_per_learner"]))
+    if res.get("placement_strategy"):
+        config.resources(placement_strategy=str(res["placement_strategy"]))
     try:
         config.training(**ppo)
     except TypeError as e:
@@ -148,6 +152,12 @@ def _progress_callback():
             self.t0 = time.time()
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
+            try:
+                self._print(trial, result)
+            except Exception as e:  # a progress line must never stop a training run
+                print(f"[{trial.trial_id}] iter {result.get('training_iteration')}: (progress line failed: {e})")
+
+        def _print(self, trial, result):
             m = result.get("mlir") or {}
             er = result.get("env_runners") or {}
             steps = er.get("num_env_steps_sampled_lifetime", er.get("num_env_steps_sampled", 0))

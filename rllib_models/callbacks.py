@@ -4,7 +4,9 @@ Per episode (on the env runners): its log speedup, status, cache hit, compile
 and run seconds, and the best speedup per benchmark in the iteration. Per
 iteration (on the driver, `on_train_result`): the geometric-mean speedup of
 the iteration's correct episodes, failures by status, cache hit rate, and the
-best speedup per benchmark so far, under ``result["mlir"]``.
+best speedup per benchmark so far, under ``result["mlir"]``, and as Ray metrics
+(``mlir_rl_speedup_geomean``, ``mlir_rl_best_speedup_geomean``, ``mlir_rl_cache_hit_rate``,
+``mlir_rl_failures``) for the dashboard.
 """
 from __future__ import annotations
 
@@ -16,10 +18,37 @@ from ray.rllib.callbacks.callbacks import RLlibCallback
 STATUSES = ("ok", "wrong_result", "transform_failed", "compile_failed", "crash", "timeout")
 
 
+def _num(x) -> float:
+    """A reduced metric as a number: absent or NaN (a key with no value this iteration) is 0."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return 0.0
+    return 0.0 if v != v else v
+
+
 class SchedulingMetrics(RLlibCallback):
     def __init__(self):
         super().__init__()
         self.best: Dict[str, float] = {}
+        self._gauges = None
+
+    def _export(self, summary: Dict) -> None:
+        """The same figures as Ray metrics (Prometheus, the dashboard's Metrics view)."""
+        try:
+            from ray.util.metrics import Gauge
+            if self._gauges is None:
+                self._gauges = {k: Gauge(f"mlir_rl_{k}", description=d) for k, d in (
+                    ("speedup_geomean", "geometric-mean speedup of the iteration's correct episodes"),
+                    ("best_speedup_geomean", "geometric mean over benchmarks of the best speedup so far"),
+                    ("cache_hit_rate", "share of the iteration's measurements served by the time cache"),
+                    ("failures", "failed measurements in the iteration"))}
+            for k, g in self._gauges.items():
+                v = sum(summary[k].values()) if k == "failures" else summary[k]
+                if v == v:  # not NaN
+                    g.set(float(v))
+        except Exception:  # metrics are a convenience; never fail a training iteration for them
+            pass
 
     def on_episode_end(self, *, episode, metrics_logger=None, **kwargs):
         info = episode.get_infos(-1)
@@ -37,19 +66,21 @@ class SchedulingMetrics(RLlibCallback):
 
     def on_train_result(self, *, algorithm=None, metrics_logger=None, result=None, **kwargs):
         m = (result.get("env_runners") or {}).get("mlir") or {}
-        episodes = float(m.get("episodes", 0) or 0)
+        episodes = _num(m.get("episodes"))
         status = m.get("status") or {}
-        ok = float(status.get("ok", 0) or 0)
+        ok = _num(status.get("ok"))
         for bench, s in (m.get("speedup_max") or {}).items():
-            self.best[bench] = max(self.best.get(bench, 0.0), float(s))
+            if _num(s) > 0:
+                self.best[bench] = max(self.best.get(bench, 0.0), _num(s))
         summary = {
             "episodes": episodes,
-            "speedup_geomean": math.exp(m["log_speedup_sum"] / ok) if ok and "log_speedup_sum" in m else float("nan"),
+            "speedup_geomean": math.exp(_num(m.get("log_speedup_sum")) / ok) if ok else float("nan"),
             "best_speedup": dict(self.best),
             "best_speedup_geomean": math.exp(sum(math.log(v) for v in self.best.values()) / len(self.best))
             if self.best else float("nan"),
-            "failures": {k: float(status.get(k, 0) or 0) for k in STATUSES if k != "ok"},
-            "cache_hit_rate": float(m.get("cache_hits", 0) or 0) / episodes if episodes else float("nan"),
-            "compile_s": float(m.get("compile_s", 0) or 0), "run_s": float(m.get("run_s", 0) or 0),
+            "failures": {k: _num(status.get(k)) for k in STATUSES if k != "ok"},
+            "cache_hit_rate": _num(m.get("cache_hits")) / episodes if episodes else float("nan"),
+            "compile_s": _num(m.get("compile_s")), "run_s": _num(m.get("run_s")),
         }
         result["mlir"] = summary
+        self._export(summary)

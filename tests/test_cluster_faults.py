@@ -1,0 +1,123 @@
+"""Training on a real multi-node Ray cluster (several raylets on this machine): env
+runners spread over nodes, the learner placed through a stand-in GPU resource, a worker
+node killed mid-run, the driver killed and resumed, and the shared time cache."""
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(tmp_path, name, **run):
+    with open(os.path.join(ROOT, "tune_configs", "smoke.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    cfg["resources"].update(num_env_runners=2, custom_resources_per_learner={"learner_gpu": 1})
+    cfg["run"].update(name=name, checkpoint_every=1, **run)
+    cfg["run"].pop("evaluate", None)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+    tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: unix socket paths are limited
+    old = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = tmp
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"learner_gpu": 1}})
+    workers = [c.add_node(num_cpus=1) for _ in range(3)]  # two env runners and a spare node
+    ray.init(address=c.address)
+    yield c, workers
+    ray.shutdown()
+    c.shutdown()
+    if old is None:
+        os.environ.pop("RAY_TMPDIR", None)
+    else:
+        os.environ["RAY_TMPDIR"] = old
+
+
+def _start(cfg, c, tmp_path, *extra):
+    env = dict(os.environ, MLIR_RL_CACHE=str(tmp_path / "cache"))
+    return subprocess.Popen([sys.executable, "tune_run.py", "--config", cfg, "--address", c.address,
+                             "--results-dir", str(tmp_path / "results"), "--no-eval", *extra], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(proc, text, timeout=300):
+    lines, t0 = [], time.time()
+    while time.time() - t0 < timeout:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if text in line:
+            return lines
+    raise AssertionError(f"{text!r} did not appear:\n" + "".join(lines[-40:]))
+
+
+def _actors(class_name):
+    from ray.util.state import list_actors
+    return [a for a in list_actors(filters=[("class_name", "=", class_name)], limit=1000) if a.state == "ALIVE"]
+
+
+def test_spread_placement_and_a_killed_worker_node(cluster, tmp_path):
+    import ray
+    c, workers = cluster
+    proc = _start(_config(tmp_path, "spread", stop_iters=6), c, tmp_path)
+    lines = _wait_for(proc, " iter   2 ")
+    runners = _actors("SingleAgentEnvRunner")
+    nodes = {a.node_id for a in runners}
+    assert len(nodes) == 2, runners  # spread over two worker nodes
+    head = c.head_node.node_id
+    ppo = [a for a in _actors("PPO") if a.name is not None or True]
+    assert ppo and all(a.node_id == head for a in ppo)  # the learner sits where "learner_gpu" is
+    victim = next(w for w in workers if w.node_id in nodes)
+    c.remove_node(victim, allow_graceful=False)  # a worker node dies mid-run
+    out, _ = proc.communicate(timeout=600)
+    lines += out.splitlines(keepends=True)
+    text = "".join(lines)
+    assert proc.returncode == 0, text[-4000:]
+    assert " iter   6 " in text  # the training ended normally
+    workers.remove(victim)
+    workers.append(c.add_node(num_cpus=1))  # keep the cluster's shape for the next test
+
+
+def test_killed_driver_resumes_and_no_flushed_cache_entry_is_lost(cluster, tmp_path):
+    c, _ = cluster
+    cfg = _config(tmp_path, "resume", stop_iters=5)
+    proc = _start(cfg, c, tmp_path)
+    _wait_for(proc, " iter   3 ")
+    cache = tmp_path / "cache"
+    from envs.mlir.shared_cache import ACTOR_NAME, NAMESPACE
+    import ray
+    ray.get(ray.get_actor(ACTOR_NAME, namespace=NAMESPACE).flush.remote())
+    flushed = {f for f in os.listdir(cache) if f.endswith(".parquet")}
+    from envs.mlir import TimeCache
+    before = {m.key for m in TimeCache(str(cache)).records()}
+    assert flushed and before
+    proc.send_signal(signal.SIGKILL)  # the driver dies
+    proc.wait(timeout=60)
+    resumed = _start(cfg, c, tmp_path, "--resume")
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out[-4000:]
+    assert "resuming" in out and " iter   5 " in out
+    iters = [int(x.split(" iter ")[1].split()[0]) for x in out.splitlines() if " iter " in x]
+    assert iters[0] > 1  # it went on from a checkpoint, not from the start
+    after = {m.key for m in TimeCache(str(cache)).records()}
+    assert flushed <= set(os.listdir(cache)) and before <= after  # nothing flushed before the fault is lost
+
+
+def test_a_gpu_the_cluster_lacks_stops_at_once(cluster, tmp_path):
+    c, _ = cluster
+    proc = _start(_config(tmp_path, "gpu", stop_iters=1), c, tmp_path, "--gpus-per-learner", "1")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert f"the cluster at {c.address} has 0 GPU(s)" in out
