@@ -77,7 +77,7 @@ def test_spread_placement_and_a_killed_worker_node(cluster, tmp_path):
     nodes = {a.node_id for a in runners}
     assert len(nodes) == 2, runners  # spread over two worker nodes
     head = c.head_node.node_id
-    ppo = [a for a in _actors("PPO") if a.name is not None or True]
+    ppo = _actors("PPO")
     assert ppo and all(a.node_id == head for a in ppo)  # the learner sits where "learner_gpu" is
     victim = next(w for w in workers if w.node_id in nodes)
     c.remove_node(victim, allow_graceful=False)  # a worker node dies mid-run
