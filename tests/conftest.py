@@ -1,5 +1,8 @@
-"""Shared fixtures: small Linalg programs inline (real MLIR) and one Measurer."""
+"""Shared fixtures: small Linalg programs inline (real MLIR), one Measurer, Ray clusters."""
+import contextlib
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -154,3 +157,31 @@ def measurer(tmp_path_factory):
 def pytest_configure(config):
     # Worker processes find the package from the repository root.
     os.environ.setdefault("PYTHONPATH", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def short_tmp() -> str:
+    """A temp dir for Ray's files: short, as unix socket paths are limited to 107 bytes."""
+    return tempfile.mkdtemp(prefix="rt", dir="/tmp")
+
+
+@contextlib.contextmanager
+def ray_cluster(head: dict, workers: list):
+    """A real multi-node Ray cluster on this machine (one raylet per node), ours alone:
+    its own temp dir, connected to from this process, shut down (only it) at the end."""
+    import ray
+    from ray.cluster_utils import Cluster
+    tmp, old = short_tmp(), os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = tmp
+    c = Cluster(initialize_head=True, head_node_args=head)
+    nodes = [c.add_node(**w) for w in workers]
+    ray.init(address=c.address)
+    try:
+        yield c, nodes
+    finally:
+        ray.shutdown()
+        c.shutdown()
+        if old is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = old
+        shutil.rmtree(tmp, ignore_errors=True)

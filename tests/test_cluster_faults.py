@@ -5,11 +5,12 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
 import yaml
+
+from conftest import ray_cluster
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,21 +28,9 @@ def _config(tmp_path, name, **run):
 
 @pytest.fixture(scope="module")
 def cluster():
-    import ray
-    from ray.cluster_utils import Cluster
-    tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: unix socket paths are limited
-    old = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = tmp
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"learner_gpu": 1}})
-    workers = [c.add_node(num_cpus=1) for _ in range(3)]  # two env runners and a spare node
-    ray.init(address=c.address)
-    yield c, workers
-    ray.shutdown()
-    c.shutdown()
-    if old is None:
-        os.environ.pop("RAY_TMPDIR", None)
-    else:
-        os.environ["RAY_TMPDIR"] = old
+    # A head with the learner's stand-in GPU resource; two env-runner nodes and a spare.
+    with ray_cluster({"num_cpus": 1, "resources": {"learner_gpu": 1}}, [{"num_cpus": 1}] * 3) as c:
+        yield c
 
 
 def _start(cfg, c, tmp_path, *extra):

@@ -15,6 +15,8 @@ from rllib_models import ENCODERS, build_encoder
 from rllib_models.distribution import FLOAT_MIN
 from rllib_models.module import MlirPolicyModule
 
+from conftest import short_tmp
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL_BERT = dict(proj_hidden=64, dim=64, n_layers=2, n_heads=4, hidden_dim=128)
 
@@ -209,10 +211,8 @@ def test_bad_run_config_is_a_clear_error(tmp_path):
 def smoke_run(tmp_path_factory):
     """A real PPO run through Tune on the smoke config, on the real env."""
     import shutil
-    import tempfile
     out = tmp_path_factory.mktemp("smoke")
-    # Ray's own temp dir: short (unix socket paths are limited to 107 bytes) and ours alone.
-    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    ray_tmp = short_tmp()  # Ray's own temp dir, ours alone
     env = dict(os.environ, RAY_TMPDIR=ray_tmp, MLIR_RL_CACHE=str(out / "cache"))
     r = subprocess.run([sys.executable, "tune_run.py", "--config", "tune_configs/smoke.yaml", "--results-dir",
                         str(out / "results")], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
@@ -269,9 +269,7 @@ def test_search_spaces_in_yaml_become_tune_spaces():
 
 
 def test_a_gpu_that_does_not_exist_is_a_clear_error_at_once(tmp_path):
-    import tempfile
-    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    env = dict(os.environ, RAY_TMPDIR=ray_tmp, CUDA_VISIBLE_DEVICES="")
+    env = dict(os.environ, RAY_TMPDIR=short_tmp(), CUDA_VISIBLE_DEVICES="")
     r = subprocess.run([sys.executable, "tune_run.py", "--config", "tune_configs/smoke.yaml", "--gpus-per-learner",
                         "1", "--results-dir", str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=ROOT,
                        env=env)

@@ -1,30 +1,14 @@
 """One time cache for a multi-node Ray cluster (several nodes on this machine)."""
-import os
-import tempfile
-
 import pytest
 
-from conftest import MATMUL
+from conftest import MATMUL, ray_cluster
 from envs.mlir import MeasureConfig, Measurer, Program, Schedule
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    import ray
-    from ray.cluster_utils import Cluster
-    tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: unix socket paths are limited
-    old = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = tmp
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"head": 1}})
-    c.add_node(num_cpus=1, resources={"node_b": 1})
-    ray.init(address=c.address)
-    yield c
-    ray.shutdown()
-    c.shutdown()
-    if old is None:
-        os.environ.pop("RAY_TMPDIR", None)
-    else:
-        os.environ["RAY_TMPDIR"] = old
+    with ray_cluster({"num_cpus": 1, "resources": {"head": 1}}, [{"num_cpus": 1, "resources": {"node_b": 1}}]) as c:
+        yield c
 
 
 def test_a_schedule_measured_on_one_node_is_a_hit_on_another(cluster, tmp_path):
