@@ -216,6 +216,10 @@ def main(argv=None) -> int:
 
 
 def train(cfg: Dict[str, Any], args) -> int:
+    # Tune saves its experiment state (what --resume reads) at most every 10 s by default: a
+    # driver killed in between resumes from an older checkpoint than its last one. One trial's
+    # state is small: save it every second.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     import ray
     from ray import tune
     from ray.rllib.algorithms.ppo import PPO
