@@ -22,7 +22,6 @@ import sys
 import tempfile
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 
 
 def load_module(checkpoint: str):

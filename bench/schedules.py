@@ -187,7 +187,7 @@ def bench_pool(threads: int, n: int) -> dict:
         ps = ProgramState(prog, cfg)
         while not ps.done:
             s = ps.current
-            from envs.mlir.schedule import ACTIONS, NT, T, V
+            from envs.mlir.schedule import NT, T, V
             if T.available(s, cfg) is None and rng.random() < 0.7 and len(s.actions) < 3:
                 mask = T.size_mask(s, cfg)
                 sizes = tuple(rng.choice([c for c, ok in zip(cfg.tile_choices, m) if ok]) for m in mask)

@@ -7,11 +7,11 @@ A trained agent has to beat them at an equal budget.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import numpy as np
 
-from .mlir import Action, I, NT, ProgramState, Schedule, V
+from .mlir import Action, I, NT, ProgramState, V
 from .mlir.schedule import ACTIONS
 
 
@@ -83,8 +83,8 @@ def greedy_search(env, benchmark: str, budget: int, candidates: int = 8, seed: i
 def _sample_sequence(ps: ProgramState, layout, rng) -> Tuple[Action, ...]:
     """One sampled valid action; an interchange comes with its loops and the T it needs."""
     s = ps.current
-    vec = layout.sample(layout.masks(s), rng)
-    a = layout.decode(vec, layout.masks(s), s)
+    masks = layout.masks(s)
+    a = layout.decode(layout.sample(masks, rng), masks, s)
     if not isinstance(a, int):
         return (a,)
     perm = [a]

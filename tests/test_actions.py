@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from envs.mlir import (ACTIONS, NT, ActionConfig, I, Program, ProgramState, Schedule, T, U, build_script)
+from envs.mlir import ACTIONS, NT, ActionConfig, I, Program, ProgramState, Schedule, U, build_script
 from envs.mlir.schedule import _Tiling
 
 CASES = [

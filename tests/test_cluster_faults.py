@@ -58,7 +58,6 @@ def _actors(class_name):
 
 
 def test_spread_placement_and_a_killed_worker_node(cluster, tmp_path):
-    import ray
     c, workers = cluster
     proc = _start(_config(tmp_path, "spread", stop_iters=6), c, tmp_path)
     lines = _wait_for(proc, " iter   2 ")

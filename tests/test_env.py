@@ -10,7 +10,6 @@ import envs
 from envs import EnvConfig, InvalidActionError, MlirScheduleEnv, greedy_search, random_search
 from envs.action_space import TILINGS
 from envs.mlir import ACTIONS, Schedule
-from envs.suites import load_suite, suite_path
 
 # One small benchmark per family of the shipped training suite.
 FAMILY_BENCHMARKS = [

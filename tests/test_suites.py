@@ -1,5 +1,4 @@
 """The shipped suites and the suite builder."""
-import json
 import os
 import subprocess
 import sys

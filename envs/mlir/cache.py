@@ -10,6 +10,7 @@ processes sharing the folder are picked up on a miss.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import datetime as _dt
 import hashlib
 import os
@@ -17,7 +18,7 @@ import platform
 import threading
 import uuid
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import pyarrow as pa
@@ -133,7 +134,7 @@ class TimeCache:
                 m = self._index.get(key)
         if m is None:
             return None
-        return _replace(m, cache_hit=True)
+        return dataclasses.replace(m, cache_hit=True)
 
     def put(self, m: Measurement) -> None:
         with self._lock:
@@ -167,12 +168,6 @@ class TimeCache:
     def close(self) -> None:
         self.flush()
         atexit.unregister(self.flush)
-
-
-def _replace(m: Measurement, **kw) -> Measurement:
-    d = {f.name: getattr(m, f.name) for f in fields(m)}
-    d.update(kw)
-    return Measurement(**d)
 
 
 def now() -> _dt.datetime:

@@ -102,13 +102,13 @@ def _harness_text(func_name: str, inputs: Sequence[TensorType], outputs: Sequenc
     args += [f"%out{i}: {t.memref}" for i, t in enumerate(outputs)]
     body = [f"  %t{i} = bufferization.to_tensor %in{i} restrict : {t.memref} to {t.mlir}"
             for i, t in enumerate(inputs)]
-    results = ", ".join(f"%r#{i}" for i in range(len(outputs))) if len(outputs) > 1 else "%r"
+    many = len(outputs) > 1
+    results = [f"%r#{i}" for i in range(len(outputs))] if many else ["%r"]
     rtypes = ", ".join(t.mlir for t in outputs)
-    call_res = f"%r:{len(outputs)}" if len(outputs) > 1 else "%r"
+    call_res = f"%r:{len(outputs)}" if many else "%r"
     body.append(f"  {call_res} = func.call @{func_name}({', '.join(f'%t{i}' for i in range(len(inputs)))}) : "
                 f"({', '.join(t.mlir for t in inputs)}) -> ({rtypes})")
-    for i, t in enumerate(outputs):
-        r = results.split(", ")[i]
+    for i, (t, r) in enumerate(zip(outputs, results)):
         body.append(f"  bufferization.materialize_in_destination {r} in restrict writable %out{i} : "
                     f"({t.mlir}, {t.memref}) -> ()")
     decl = f"func.func private @{func_name}({', '.join(t.mlir for t in inputs)}) -> ({rtypes})"

@@ -101,7 +101,7 @@ class Measurer:
                 self.counts["cache_hits"] += 1
                 return hit
         if schedule.is_empty:
-            return self._run_baseline(program)
+            return self._run_baseline(program)[0]
         t = time.perf_counter()
         script = build_script(program, schedule, self.actions)
         self.counts["script_s"] += time.perf_counter() - t
@@ -134,20 +134,24 @@ class Measurer:
         self.counts["compile_s"] += (res.get("compile_s") or 0.0) - (res.get("transform_s") or 0.0)
         return res
 
-    def _record(self, program: Program, schedule_text: str, res: dict) -> Measurement:
+    def _record(self, program: Program, schedule_text: str, res: dict, store: bool = True) -> Measurement:
         m = Measurement(program_hash=program.hash, schedule=schedule_text, fingerprint=self.fingerprint,
                         status=res["status"], time_s=res.get("time_s"), compile_s=res.get("compile_s"),
                         message=res.get("message", ""), date=now(), program_name=program.name,
                         threads=self.cfg.threads, max_error=res.get("max_error"))
-        if self.cache is not None:
+        if store and self.cache is not None:
             self.cache.put(m)
         return m
 
-    def _run_baseline(self, program: Program) -> Measurement:
+    def _run_baseline(self, program: Program, record_ok: bool = True):
+        """Run the untransformed program; keep its outputs as the reference.
+        Returns (measurement, outputs or None). A failure is always recorded."""
         res = self._job(program, None, want_output=True)
-        if res["status"] == OK:
-            self._keep_reference(program, res.pop("outputs"))
-        return self._record(program, str(Schedule.empty(program)), res)
+        outputs = res.pop("outputs", None) if res["status"] == OK else None
+        if outputs is not None:
+            self._keep_reference(program, outputs)
+        m = self._record(program, str(Schedule.empty(program)), res, store=record_ok or outputs is None)
+        return m, outputs
 
     def _ref_path(self, program: Program) -> Optional[str]:
         if not self.cfg.cache_dir:
@@ -179,15 +183,13 @@ class Measurer:
                 return ref
             except Exception:
                 pass  # unreadable reference: measure the baseline again
-        res = self._job(program, None, want_output=True)
-        if res["status"] != OK:
-            m = self._record(program, str(Schedule.empty(program)), res)
+        # A baseline already cached (its outputs lost) is not recorded twice.
+        cached = self.cache is not None and self.cache.get(
+            (program.hash, str(Schedule.empty(program)), self.fingerprint)) is not None
+        m, outputs = self._run_baseline(program, record_ok=not cached)
+        if outputs is None:
             raise MlirInputError(program.source, f"the untransformed program does not run: {m.status}: {m.message}")
-        self._keep_reference(program, res["outputs"])
-        if self.cache is not None and self.cache.get((program.hash, str(Schedule.empty(program)),
-                                                      self.fingerprint)) is None:
-            self._record(program, str(Schedule.empty(program)), res)
-        return res["outputs"]
+        return outputs
 
 
 _NAME_LOC = re.compile(r'^loc\("([^"]*)"\)$')

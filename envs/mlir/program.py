@@ -334,12 +334,12 @@ def _build(text: str, source: str) -> Program:
     index_of = {}
     for i, op in enumerate(linalg_ops):
         for r in op.results:
-            index_of[_value_key(r)] = i
+            index_of[r] = i  # values compare and hash by the underlying MLIR value
     producers: Dict[int, List[int]] = {i: [] for i in range(len(linalg_ops))}
     consumers: Dict[int, List[int]] = {i: [] for i in range(len(linalg_ops))}
     for i, op in enumerate(linalg_ops):
         for v in op.operands:
-            j = index_of.get(_value_key(v))
+            j = index_of.get(v)
             if j is not None and j not in producers[i]:
                 producers[i].append(j)
                 consumers[j].append(i)
@@ -351,15 +351,10 @@ def _build(text: str, source: str) -> Program:
         try:
             ops.append(_describe(i, tags[i], op, g, where, line,
                                  tuple(tags[j] for j in producers[i]), tuple(tags[j] for j in consumers[i]),
-                                 lambda v: tags.get(index_of.get(_value_key(v)))))
+                                 lambda v: tags.get(index_of.get(v))))
         except ValueError as e:
             raise MlirInputError(source, str(e), line) from None
     return Program(tagged_text, source, func_name, tuple(inputs), tuple(outputs), tuple(ops))
-
-
-def _value_key(v):
-    # Values compare and hash by the underlying MLIR value, across accessors.
-    return v
 
 
 def _plain_reduction(generic, n_inputs: int) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import os
 import sys
 import time
@@ -105,7 +106,7 @@ def cmd_from_folder(args) -> int:
         except MlirInputError as e:
             bad.append(str(e))
             continue
-        nbytes = sum(4 * _numel(t.shape) for t in p.inputs + p.outputs)
+        nbytes = sum(4 * math.prod(t.shape) for t in p.inputs + p.outputs)
         rows.append(dict(name=_slug(os.path.splitext(f)[0]), split=args.split, family="user", source_model=model,
                          layer=os.path.splitext(f)[0], mlir=open(path).read(), flops=sum(o.flops for o in p.ops),
                          bytes=nbytes, params="{}"))
@@ -121,13 +122,6 @@ def cmd_from_folder(args) -> int:
     write_suite(rows, args.output)
     print(f"wrote {args.output}: {_summary(rows)}")
     return 0
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def cmd_list(args) -> int:

@@ -6,6 +6,8 @@ layer sees it; the padding itself is exercised by the imported blocks.
 """
 from __future__ import annotations
 
+import math
+
 from typing import Callable, Dict, Tuple
 
 Gen = Callable[..., Tuple[str, int, int]]
@@ -17,13 +19,6 @@ def _t(*shape) -> str:
 
 def _parallel(n: int) -> str:
     return ", ".join(['"parallel"'] * n)
-
-
-def _numel(*shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def _fill(name: str, shape, value: str = "0.0") -> str:
@@ -143,7 +138,7 @@ def pool(h: int, w: int, c: int, k: int, stride: int, kind: str = "max") -> Tupl
 def elementwise(shape: Tuple[int, ...], kind: str) -> Tuple[str, int, int]:
     """add (a residual connection), relu, or relu6 (MobileNetV2's clamp)."""
     t = _t(*shape)
-    n = _numel(*shape)
+    n = math.prod(shape)
     if kind == "add":
         text = (f"func.func @add(%a: {t}, %b: {t}) -> {t} {{\n  %e = tensor.empty() : {t}\n"
                 f"  %r = linalg.add ins(%a, %b : {t}, {t}) outs(%e : {t}) -> {t}\n  return %r : {t}\n}}\n")
