@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import os
 import sys
 import tempfile
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
+
+from rllib_models.callbacks import geomean
 
 
 
@@ -57,11 +58,6 @@ def policy_episode(env, module, benchmark: str, deterministic: bool, rng_seed: O
         action = dist.sample()[0].cpu().numpy()
         obs, _, done, _, info = env.step(action)
     return info
-
-
-def geomean(xs: Sequence[float]) -> float:
-    xs = [x for x in xs if x and x > 0]
-    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
 
 
 def evaluate_checkpoint(checkpoint: str, split: str = "eval", suite: str = "", benchmarks: Optional[List[str]] = None,

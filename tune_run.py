@@ -64,16 +64,23 @@ def _search_space(value):
 def env_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """The env section, with the MLIR threads set to an env runner's CPUs."""
     from envs import EnvConfig
+    from envs.mlir.cache import default_cache_dir
     env = copy.deepcopy(cfg["env"])
     measure = env.setdefault("measure", {})
     measure.setdefault("threads", int(cfg["resources"].get("num_cpus_per_env_runner", 1)))
-    measure["cache_dir"] = os.path.expanduser(measure.get("cache_dir") or
-                                              os.environ.get("MLIR_RL_CACHE", "~/.cache/mlir_rl/times"))
+    measure["cache_dir"] = os.path.expanduser(measure.get("cache_dir") or default_cache_dir())
     try:
         EnvConfig.coerce(env)  # validate now, naming the setting, not inside a remote actor
     except ValueError as e:
         raise ConfigError(f"{cfg['_path']}: {e}") from None
     return env
+
+
+def module_config(cfg: Dict[str, Any], env: Dict[str, Any]) -> Dict[str, Any]:
+    """The model section plus the env's action layout (plain data: the module needs no env import)."""
+    from envs import ActionLayout, EnvConfig
+    ec = EnvConfig.coerce(env)
+    return {**cfg["model"], "action_layout": ActionLayout(ec.features, ec.actions).spec()}
 
 
 def build_algo_config(cfg: Dict[str, Any]):
@@ -87,15 +94,16 @@ def build_algo_config(cfg: Dict[str, Any]):
 
     res = cfg["resources"]
     ppo = {k: _search_space(v) for k, v in cfg["ppo"].items()}
+    env = env_config(cfg)
     config = (
         PPOConfig()
-        .environment(MlirScheduleEnv, env_config=env_config(cfg))
+        .environment(MlirScheduleEnv, env_config=env)
         .framework("torch")
         .env_runners(num_env_runners=int(res.get("num_env_runners", 1)),
                      num_cpus_per_env_runner=int(res.get("num_cpus_per_env_runner", 1)),
                      rollout_fragment_length="auto", sample_timeout_s=600)
         .learners(num_learners=0, num_gpus_per_learner=float(res.get("num_gpus_per_learner", 0)))
-        .rl_module(rl_module_spec=RLModuleSpec(module_class=MlirPolicyModule, model_config=dict(cfg["model"])))
+        .rl_module(rl_module_spec=RLModuleSpec(module_class=MlirPolicyModule, model_config=module_config(cfg, env)))
         .callbacks(SchedulingMetrics)
     )
     if res.get("custom_resources_per_learner"):
@@ -118,7 +126,7 @@ def dry_run(cfg: Dict[str, Any]) -> None:
     config = build_algo_config(cfg)
     env = MlirScheduleEnv(config.env_config)
     module = MlirPolicyModule(observation_space=env.observation_space, action_space=env.action_space,
-                              model_config=dict(cfg["model"]))
+                              model_config=module_config(cfg, config.env_config))
     env.close()
     res = cfg["resources"]
     print(f"model {cfg['model'].get('model_type', 'lstm')} ({cfg['_path']})")

@@ -1,8 +1,8 @@
 """Learner cost of the encoders (pure torch: no Ray, no MLIR needed).
 
 Forward + backward samples per second of the policy network a PPO learner
-updates (encoder, policy backbone, the heads that give the 311 action logits,
-a value head), and parameter counts, for `lstm`, full `distilbert` and a small
+updates (encoder, policy backbone, the heads that give the action logits of
+the env's layout, a value head), and parameter counts, for `lstm`, full `distilbert` and a small
 distilbert; on the CPU and, where CUDA is present, on the GPU. Medians of
 several timed rounds after a warm-up.
 
@@ -24,14 +24,22 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from rllib_models.encoders import build_encoder  # noqa: E402
+from rllib_models.layout import logit_count  # noqa: E402
 
-try:  # the layout the env publishes; the defaults below are the same numbers
-    from envs.mlir import ActionConfig, FeatureConfig, FeatureLayout
-    _lay = FeatureLayout(FeatureConfig(), ActionConfig())
-    OP_DIM, HISTORY_DIM = _lay.op_size, _lay.history_size
-except Exception:  # a GPU machine with torch and transformers only
-    OP_DIM, HISTORY_DIM = 1322, 198
-N_LOGITS = 8 + 3 * 12 * 8 + 12 + 3  # transformation, tiles per tiling transformation, pointer, unroll
+
+
+def env_dims(layout_file: str = "") -> dict:
+    """Sizes of the env's observation and action layout: from the env itself, or,
+    where the MLIR layer is not installed (a GPU machine with torch only), from a
+    JSON file written by ``--write-layout`` on a machine that has it."""
+    if layout_file:
+        with open(layout_file) as f:
+            return json.load(f)
+    from envs import ActionLayout
+    from envs.mlir import FeatureLayout
+    feats = FeatureLayout()
+    return {"op_dim": feats.op_size, "history_dim": feats.history_size, "n_logits": logit_count(ActionLayout().spec())}
+
 
 MODELS = {
     "lstm": ("lstm", {}),
@@ -43,11 +51,12 @@ MODELS = {
 class PolicyNet(nn.Module):
     """What the learner updates: MlirPolicyModule's parts, without RLlib."""
 
-    def __init__(self, model_type, enc_cfg, shared_vf, hidden=256):
+    def __init__(self, model_type, enc_cfg, shared_vf, dims, hidden=256):
         super().__init__()
-        self.encoder = build_encoder(model_type, OP_DIM, HISTORY_DIM, **enc_cfg)
-        self.vf_encoder = None if shared_vf else build_encoder(model_type, OP_DIM, HISTORY_DIM, **enc_cfg)
-        self.pi = nn.Sequential(nn.Linear(self.encoder.out_dim, hidden), nn.ReLU(), nn.Linear(hidden, N_LOGITS))
+        op, hist = dims["op_dim"], dims["history_dim"]
+        self.encoder = build_encoder(model_type, op, hist, **enc_cfg)
+        self.vf_encoder = None if shared_vf else build_encoder(model_type, op, hist, **enc_cfg)
+        self.pi = nn.Sequential(nn.Linear(self.encoder.out_dim, hidden), nn.ReLU(), nn.Linear(hidden, dims["n_logits"]))
         self.vf = nn.Sequential(nn.Linear(self.encoder.out_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     def forward(self, op, prod, hist):
@@ -56,14 +65,14 @@ class PolicyNet(nn.Module):
         return self.pi(e), self.vf(ev).squeeze(-1)
 
 
-def measure(name: str, device: str, batch: int, rounds: int, steps: int) -> dict:
+def measure(name: str, device: str, batch: int, rounds: int, steps: int, dims: dict) -> dict:
     model_type, enc_cfg = MODELS[name]
     torch.manual_seed(0)
-    net = PolicyNet(model_type, enc_cfg, shared_vf=(model_type == "distilbert")).to(device)
+    net = PolicyNet(model_type, enc_cfg, shared_vf=(model_type == "distilbert"), dims=dims).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-    op = torch.randn(batch, OP_DIM, device=device)
-    prod = torch.randn(batch, OP_DIM, device=device)
-    hist = torch.rand(batch, HISTORY_DIM, device=device)
+    op = torch.randn(batch, dims["op_dim"], device=device)
+    prod = torch.randn(batch, dims["op_dim"], device=device)
+    hist = torch.rand(batch, dims["history_dim"], device=device)
 
     def step():
         logits, values = net(op, prod, hist)
@@ -98,14 +107,22 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                                    "learner.json"))
+    ap.add_argument("--layout", default="", help="sizes from this JSON (written by --write-layout) instead of the env")
+    ap.add_argument("--write-layout", default="", help="write the env's sizes to this JSON and exit")
     args = ap.parse_args()
+    dims = env_dims(args.layout)
+    if args.write_layout:
+        with open(args.write_layout, "w") as f:
+            json.dump(dims, f)
+        print(f"wrote {args.write_layout}: {dims}")
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
     for device in devices:
         for name in MODELS:
-            r = measure(name, device, args.batch, args.rounds, args.steps)
+            r = measure(name, device, args.batch, args.rounds, args.steps, dims)
             rows.append(r)
             print(f"  {name:<17} {device:<5} {r['samples_per_s']:9.1f} samples/s  "
                   f"{r['total_params'] / 1e6:6.2f}M parameters", flush=True)

@@ -16,15 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import sys
 import tempfile
 import time
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from envs.mlir import ActionConfig, MeasureConfig, Measurer, Program, ProgramState, Schedule  # noqa: E402
+from envs import ActionLayout  # noqa: E402
+from envs.mlir import ActionConfig, FeatureConfig, MeasureConfig, Measurer, Program, ProgramState, Schedule  # noqa: E402
 from envs.mlir.config import available_cpus  # noqa: E402
 
 
@@ -181,20 +183,14 @@ def bench_pool(threads: int, n: int) -> dict:
     matmul, cold (each compiled and run), then the same again warm (cache hits)."""
     prog = Program.from_text(_matmul(64), "matmul_64.mlir")
     cfg = ActionConfig(tile_sizes=(2, 4, 8, 16, 32))
-    rng = random.Random(0)
+    layout = ActionLayout(FeatureConfig(), cfg)
+    rng = np.random.default_rng(0)
     schedules = {}
     while len(schedules) < n:
         ps = ProgramState(prog, cfg)
         while not ps.done:
-            s = ps.current
-            from envs.mlir.schedule import NT, T, V
-            if T.available(s, cfg) is None and rng.random() < 0.7 and len(s.actions) < 3:
-                mask = T.size_mask(s, cfg)
-                sizes = tuple(rng.choice([c for c, ok in zip(cfg.tile_choices, m) if ok]) for m in mask)
-                if T(sizes).check(s, cfg) is None:
-                    ps.step(T(sizes))
-                    continue
-            ps.step(V() if V.available(s, cfg) is None else NT())
+            for a in layout.sample_actions(ps, rng):
+                ps.step(a)
         schedules[str(ps.schedule())] = ps.schedule()
     with tempfile.TemporaryDirectory() as d:
         with Measurer(MeasureConfig(threads=threads, repetitions=3, cache_dir=d)) as m:

@@ -1,9 +1,12 @@
-"""The flat action layout the environment exposes, and its masks (one place).
+"""The flat action layout the environment exposes, and its masks, derived from
+what each transformation declares (`envs.mlir.actions`).
 
-One `MultiDiscrete` vector, hierarchical in meaning:
+One `MultiDiscrete` vector, hierarchical in meaning: position 0 is the
+transformation (`ACTIONS`), then one group of positions per head *slot*, in
+order of first use.  With the shipped actions (L = `FeatureConfig.max_loops`):
 
 ====================  ======================================  ===============================
-index                 head                                    choices
+index                 slot (heads that read it)               choices
 ====================  ======================================  ===============================
 0                     transformation                          `ACTIONS`: NT T TP TF I U V I2C
 1 .. L                tile size of loop d (T, TP, TF)         `ActionConfig.tile_choices`
@@ -11,145 +14,201 @@ L + 1                 interchange pointer (I)                 a loop 0 .. L-1
 L + 2                 unroll factor (U)                       `ActionConfig.unroll_factors`
 ====================  ======================================  ===============================
 
-(L = `FeatureConfig.max_loops`.)  The transformation comes first; only the
-heads it uses are read (tile heads for T/TP/TF, the pointer for I, the factor
-for U), the others are ignored.  Interchange is chosen one loop position per
-step, as MLIR-RL's level pointers: while a permutation is incomplete only I is
-allowed and the pointer mask offers the loops not yet placed.
+Only the heads of the chosen transformation are read.  A transformation chosen
+over several steps (interchange: one loop position a step, as MLIR-RL's level
+pointers) is the only one allowed until its last step.
 
-Masks (1 = allowed), for the transformation and, per transformation, for the
-heads it uses: ``mask_transformation`` (8), ``mask_T``/``mask_TP``/``mask_TF``
-(L x C, flattened row-major: loop d, choice c; loops the op does not have
-allow only choice 0), ``mask_I`` (L), ``mask_U`` (number of unroll factors).
+Masks (1 = allowed): ``mask_transformation``, and one per head of each
+transformation: ``mask_<name>`` (``mask_<name>_<slot>`` for a transformation
+with several heads), positions x choices flattened row-major.  A head whose
+transformation is not allowed, and a position past the op's loops, allow only
+choice 0.  `ActionLayout.spec` gives all of this to the RL side as plain data.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
 
+from .mlir.actions import ACTIONS, NT, Action, Head
 from .mlir.config import ActionConfig, FeatureConfig
-from .mlir.schedule import ACTIONS, NT, TF, TP, Action, I, OpState, T, U
+from .mlir.opstate import OpState
+from .mlir.program_state import ProgramState
 
-TILINGS = (T, TP, TF)
-MASK_KEYS = ("mask_transformation", "mask_T", "mask_TP", "mask_TF", "mask_I", "mask_U")
-TRANSFORMATIONS = tuple(a.name for a in ACTIONS)
-"""Names of the transformation head's choices, in order."""
-TILING_IDS = tuple(ACTIONS.index(c) for c in TILINGS)
-"""Transformations that read the tile heads (their masks: mask_T, mask_TP, mask_TF, in this order)."""
-POINTER_ID = ACTIONS.index(I)
-"""The transformation that reads the interchange pointer head."""
-UNROLL_ID = ACTIONS.index(U)
-"""The transformation that reads the unroll head."""
+FEATURE_KEYS = ("op_features", "producer_features", "action_history")
+"""The observation's feature entries: OpFeatures, ProducerOpFeatures, ActionHistory."""
+TRANSFORMATION_MASK = "mask_transformation"
 
 
 class InvalidActionError(ValueError):
     """An action outside its mask: a bug in the agent, never silently fixed."""
 
 
+@dataclass(frozen=True)
+class HeadRef:
+    """One head of one transformation, placed in the layout."""
+
+    transformation: int  # index in ACTIONS
+    cls: Type[Action]
+    head: Head
+    mask: str  # its observation key
+    offset: int  # its first position in the action vector
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A transformation chosen over several steps, part-way: the picks so far."""
+
+    cls: Type[Action]
+    picks: Tuple[Tuple[np.ndarray, ...], ...]
+
+
 class ActionLayout:
-    """Sizes of the heads, the masks of a state, decoding and uniform sampling."""
+    """Heads, masks of a state, decoding, encoding and the one uniform sampler."""
 
     def __init__(self, features: FeatureConfig = FeatureConfig(), actions: ActionConfig = ActionConfig()):
         self.fc, self.ac = features, actions
         self.L = features.max_loops
-        self.C = len(actions.tile_choices)
-        self.nvec = np.array([len(ACTIONS)] + [self.C] * self.L + [self.L, len(actions.unroll_factors)], np.int64)
-        self.tile_slice = slice(1, 1 + self.L)
-        self.pointer_index = 1 + self.L
-        self.unroll_index = 2 + self.L
+        slots: Dict[str, Tuple[int, Head]] = {}
+        self.heads: List[HeadRef] = []
+        self.by_class: Dict[Type[Action], List[HeadRef]] = {}
+        offset = 1
+        for k, cls in enumerate(ACTIONS):
+            hs = cls.heads(actions, self.L)
+            for h in hs:
+                if h.slot not in slots:
+                    slots[h.slot] = (offset, h)
+                    offset += h.positions
+                elif (slots[h.slot][1].positions, slots[h.slot][1].choices) != (h.positions, h.choices):
+                    raise ValueError(f"{cls.name}'s head {h.slot!r} has shape {h.positions}x{h.choices}; another "
+                                     f"transformation's has {slots[h.slot][1].positions}x{slots[h.slot][1].choices}")
+                key = f"mask_{cls.name}" if len(hs) == 1 else f"mask_{cls.name}_{h.slot}"
+                ref = HeadRef(k, cls, h, key, slots[h.slot][0])
+                self.heads.append(ref)
+                self.by_class.setdefault(cls, []).append(ref)
+        self.slots = {name: slice(off, off + h.positions) for name, (off, h) in slots.items()}
+        nvec = [len(ACTIONS)]
+        for off, h in slots.values():
+            nvec += [h.choices] * h.positions
+        self.nvec = np.array(nvec, np.int64)
 
     def mask_sizes(self) -> Dict[str, int]:
-        return {"mask_transformation": len(ACTIONS), "mask_T": self.L * self.C, "mask_TP": self.L * self.C,
-                "mask_TF": self.L * self.C, "mask_I": self.L, "mask_U": len(self.ac.unroll_factors)}
+        out = {TRANSFORMATION_MASK: len(ACTIONS)}
+        out.update((r.mask, r.head.positions * r.head.choices) for r in self.heads)
+        return out
 
-    def masks(self, s: Optional[OpState], partial_perm: Sequence[int] = ()) -> Dict[str, np.ndarray]:
+    def spec(self) -> Dict:
+        """The layout as plain data, all the RL side knows of it (through model_config)."""
+        return {"transformations": [c.name for c in ACTIONS], "nvec": [int(x) for x in self.nvec],
+                "features": list(FEATURE_KEYS), "transformation_mask": TRANSFORMATION_MASK,
+                "heads": [{"transformation": r.transformation, "mask": r.mask, "offset": r.offset,
+                           "positions": r.head.positions, "choices": r.head.choices} for r in self.heads]}
+
+    # --- masks --------------------------------------------------------------------------
+    def masks(self, s: Optional[OpState], pending: Optional[Pending] = None) -> Dict[str, np.ndarray]:
         """All masks for the op state `s` (None: the episode is over: only NT)."""
-        m = {k: np.zeros(n, np.float32) for k, n in self.mask_sizes().items()}
+        m = {TRANSFORMATION_MASK: np.zeros(len(ACTIONS), np.float32)}
+        for r in self.heads:  # unused heads: choice 0 only
+            m[r.mask] = np.zeros((r.head.positions, r.head.choices), np.float32)
+            m[r.mask][:, 0] = 1
         if s is None:
-            m["mask_transformation"][ACTIONS.index(NT)] = 1
-            return m
-        if partial_perm:  # in the middle of an interchange: place the next loop
-            m["mask_transformation"][ACTIONS.index(I)] = 1
-            m["mask_I"][:s.num_loops] = I.pointer_mask(s, partial_perm)
-            return m
-        for k, cls in enumerate(ACTIONS):
-            m["mask_transformation"][k] = cls.available(s, self.ac) is None
-        for cls in TILINGS:
-            tm = np.zeros((self.L, self.C), np.float32)
-            tm[:, 0] = 1  # loops the op does not have: untiled only
-            if m["mask_transformation"][ACTIONS.index(cls)]:
-                tm[:s.num_loops] = np.asarray(cls.size_mask(s, self.ac), np.float32)
-            m[f"mask_{cls.name}"] = tm.ravel()
-        if m["mask_transformation"][ACTIONS.index(I)]:
-            m["mask_I"][:s.num_loops] = 1
-        if m["mask_transformation"][ACTIONS.index(U)]:
-            m["mask_U"][:] = U.factor_mask(s, self.ac)
-        return m
+            allowed = [NT]
+        elif pending is not None:
+            allowed = [pending.cls]
+        else:
+            allowed = [c for c in ACTIONS if c.available(s, self.ac) is None]
+        for cls in allowed:
+            m[TRANSFORMATION_MASK][ACTIONS.index(cls)] = 1
+            if s is None:
+                continue
+            picked = pending.picks if pending is not None else ()
+            for r, hm in zip(self.by_class.get(cls, []), cls.head_masks(s, self.ac, self.L, picked)):
+                m[r.mask] = np.asarray(hm, np.float32)
+        return {k: v.ravel() for k, v in m.items()}
 
-    def decode(self, vec: Sequence[int], masks: Dict[str, np.ndarray], s: OpState):
-        """The Action a vector means (or, for I, the loop the pointer places).
-
-        Raises InvalidActionError naming the head when a used head is masked."""
+    # --- vectors <-> actions -----------------------------------------------------------------
+    def decode(self, vec: Sequence[int], masks: Dict[str, np.ndarray], s: OpState,
+               pending: Optional[Pending] = None) -> Union[Action, Pending]:
+        """The Action a vector means, or, for a transformation of several steps not
+        yet complete, its `Pending` picks. Raises InvalidActionError naming the
+        head when a choice it reads is masked."""
         vec = np.asarray(vec).astype(np.int64).ravel()
         if vec.shape != self.nvec.shape or np.any(vec < 0) or np.any(vec >= self.nvec):
             raise InvalidActionError(f"action {vec.tolist()} is not in MultiDiscrete({self.nvec.tolist()})")
         k = int(vec[0])
-        if not masks["mask_transformation"][k]:
-            allowed = [ACTIONS[i].name for i in np.flatnonzero(masks["mask_transformation"])]
+        if not masks[TRANSFORMATION_MASK][k]:
+            allowed = [ACTIONS[i].name for i in np.flatnonzero(masks[TRANSFORMATION_MASK])]
             raise InvalidActionError(f"transformation {ACTIONS[k].name} is masked for {s.op.tag} "
                                      f"(allowed: {', '.join(allowed)})")
         cls = ACTIONS[k]
-        if cls in TILINGS:
-            tm = masks[f"mask_{cls.name}"].reshape(self.L, self.C)
-            choice = vec[self.tile_slice]
-            for d, c in enumerate(choice):
-                if not tm[d, c]:
-                    raise InvalidActionError(f"{cls.name} tile head {d}: size {self.ac.tile_choices[c]} is masked "
-                                             f"for {s.op.tag} (bounds {s.bounds})")
-            return cls(tuple(self.ac.tile_choices[c] for c in choice[:s.num_loops]))
-        if cls is I:
-            p = int(vec[self.pointer_index])
-            if not masks["mask_I"][p]:
-                raise InvalidActionError(f"interchange pointer to loop {p} is masked for {s.op.tag}")
-            return p
-        if cls is U:
-            f = int(vec[self.unroll_index])
-            if not masks["mask_U"][f]:
-                raise InvalidActionError(f"unroll factor {self.ac.unroll_factors[f]} is masked for {s.op.tag}")
-            return U(self.ac.unroll_factors[f])
-        return cls()
-
-    def sample(self, masks: Dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
-        """Uniform among the allowed choices at each level; unused heads are 0."""
-        vec = np.zeros(len(self.nvec), np.int64)
-        k = int(rng.choice(np.flatnonzero(masks["mask_transformation"])))
-        vec[0] = k
-        cls = ACTIONS[k]
-        if cls in TILINGS:
-            tm = masks[f"mask_{cls.name}"].reshape(self.L, self.C)
-            for d in range(self.L):
-                vec[1 + d] = int(rng.choice(np.flatnonzero(tm[d])))
-        elif cls is I:
-            vec[self.pointer_index] = int(rng.choice(np.flatnonzero(masks["mask_I"])))
-        elif cls is U:
-            vec[self.unroll_index] = int(rng.choice(np.flatnonzero(masks["mask_U"])))
-        return vec
+        step = []
+        for r in self.by_class.get(cls, []):
+            h = r.head
+            chosen = vec[r.offset:r.offset + h.positions]
+            hm = masks[r.mask].reshape(h.positions, h.choices)
+            for p, c in enumerate(chosen):
+                if not hm[p, c]:
+                    raise InvalidActionError(f"{cls.name} {h.slot} head {p}: choice {c} is masked for {s.op.tag} "
+                                             f"(bounds {s.bounds})")
+            step.append(chosen.copy())
+        picks = (pending.picks if pending is not None else ()) + (tuple(step),)
+        if len(picks) < cls.steps(s):
+            return Pending(cls, picks)
+        return cls.build(s, self.ac, picks)
 
     def encode(self, action: Action) -> List[np.ndarray]:
-        """The vector(s) that make `action` (an interchange takes one vector per loop)."""
-        if isinstance(action, I):
-            vecs = []
-            for p in action.perm:
-                v = np.zeros(len(self.nvec), np.int64)
-                v[0], v[self.pointer_index] = ACTIONS.index(I), p
-                vecs.append(v)
-            return vecs
-        v = np.zeros(len(self.nvec), np.int64)
-        v[0] = ACTIONS.index(type(action))
-        if isinstance(action, TILINGS):
-            for d, size in enumerate(action.sizes):
-                v[1 + d] = self.ac.tile_choices.index(size)
-        elif isinstance(action, U):
-            v[self.unroll_index] = self.ac.unroll_factors.index(action.factor)
-        return [v]
+        """The vector(s) that make `action`, one per step."""
+        out = []
+        for step in action.picks(self.ac, self.L):
+            v = np.zeros(len(self.nvec), np.int64)
+            v[0] = ACTIONS.index(type(action))
+            for r, chosen in zip(self.by_class.get(type(action), []), step):
+                v[r.offset:r.offset + r.head.positions] = chosen
+            out.append(v)
+        return out
+
+    # --- sampling ------------------------------------------------------------------------------
+    def sample(self, masks: Dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        """Uniform among the allowed choices at each level; heads not read are 0.
+        The one valid-action sampler: the env's, the searches' and the tests'."""
+        vec = np.zeros(len(self.nvec), np.int64)
+        k = int(rng.choice(np.flatnonzero(masks[TRANSFORMATION_MASK])))
+        vec[0] = k
+        for r in self.by_class.get(ACTIONS[k], []):
+            hm = masks[r.mask].reshape(r.head.positions, r.head.choices)
+            for p in range(r.head.positions):
+                vec[r.offset + p] = int(rng.choice(np.flatnonzero(hm[p])))
+        return vec
+
+    def sample_actions(self, ps: ProgramState, rng: np.random.Generator) -> Tuple[Action, ...]:
+        """Whole actions sampled through `sample` at the current op of `ps` (left
+        unchanged): one, or one and those it must be followed by (an I and its T)."""
+        trial = ps.copy()
+        out: List[Action] = []
+        pending = None
+        while True:
+            s = trial.current
+            masks = self.masks(s, pending)
+            got = self.decode(self.sample(masks, rng), masks, s, pending)
+            if isinstance(got, Pending):
+                pending = got
+                continue
+            pending = None
+            trial.step(got)
+            out.append(got)
+            if got.followers is None or len(got.followers) != 1:  # not an action that exists for its follower
+                return tuple(out)
+
+    def describe(self) -> str:
+        """The layout as a table: each position of the action vector and each mask."""
+        rows = [("0", "transformation", ", ".join(c.name for c in ACTIONS), TRANSFORMATION_MASK)]
+        for name, sl in self.slots.items():
+            refs = [r for r in self.heads if r.offset == sl.start]
+            rows.append((f"{sl.start}" if sl.stop - sl.start == 1 else f"{sl.start}..{sl.stop - 1}",
+                         f"{name} ({', '.join(r.cls.name for r in refs)})",
+                         f"{refs[0].head.choices} choices", ", ".join(r.mask for r in refs)))
+        w = [max(len(r[i]) for r in rows + [("index", "slot (read by)", "choices", "masks")]) for i in range(4)]
+        lines = [" | ".join(h.ljust(n) for h, n in zip(("index", "slot (read by)", "choices", "masks"), w))]
+        lines += [" | ".join(c.ljust(n) for c, n in zip(r, w)) for r in rows]
+        return "\n".join(lines) + f"\nMultiDiscrete({self.nvec.tolist()})"

@@ -6,14 +6,18 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .mlir.config import ActionConfig, FeatureConfig, MeasureConfig
+from .mlir.worker import INTERNAL_ERROR, OK, STATUSES
 
-FAILURES = ("transform_failed", "compile_failed", "crash", "timeout", "wrong_result")
+# The penalized statuses: the schedule's failures.  An internal error is a bug of
+# the harness, not the agent's doing: it has no penalty.
+FAILURES = tuple(s for s in STATUSES if s not in (OK, INTERNAL_ERROR))
 REWARDS = ("final", "per_op")
+# A wrong result is the worst outcome: it must never look like progress.
+_PENALTY = {"crash": -2.0, "wrong_result": -3.0}
 
 
 def _default_penalties() -> Dict[str, float]:
-    # A wrong result is the worst outcome: it must never look like progress.
-    return {"transform_failed": -1.0, "compile_failed": -1.0, "crash": -2.0, "timeout": -1.0, "wrong_result": -3.0}
+    return {s: _PENALTY.get(s, -1.0) for s in FAILURES}
 
 
 @dataclass(frozen=True)

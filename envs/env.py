@@ -12,8 +12,9 @@ speedup (the rewards of an episode still sum to its final log speedup).
 
 Observation (a gymnasium Dict): ``op_features`` (OpFeatures of the current
 op as it stands), ``producer_features`` (ProducerOpFeatures), ``action_history``
-(ActionHistory), and the masks ``mask_transformation``, ``mask_T``,
-``mask_TP``, ``mask_TF``, ``mask_I``, ``mask_U``.
+(ActionHistory), and the masks of `ActionLayout` (``mask_transformation`` and
+one per head of each transformation: ``mask_T``, ``mask_I``, ...).
+``action_layout_spec()`` is the layout as plain data for the RL side.
 """
 from __future__ import annotations
 
@@ -25,10 +26,9 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from .action_space import MASK_KEYS, ActionLayout, InvalidActionError
+from .action_space import FEATURE_KEYS, ActionLayout, InvalidActionError, Pending
 from .config import EnvConfig
 from .mlir import FeatureLayout, Measurer, MlirInputError, Program, ProgramState, ScheduleError
-from .mlir.schedule import I
 from .suites import load_suite, suite_path
 
 
@@ -68,11 +68,10 @@ class MlirScheduleEnv(gym.Env):
         self.layout = ActionLayout(self.cfg.features, self.cfg.actions)
         self.measurer = Measurer(self.cfg.measure, self.cfg.actions)
         clip = float(self.cfg.feature_clip)
-        obs = {
-            "op_features": spaces.Box(-clip, clip, (self.features.op_size,), np.float32),
-            "producer_features": spaces.Box(-clip, clip, (self.features.op_size,), np.float32),
-            "action_history": spaces.Box(0.0, 1.0, (self.features.history_size,), np.float32),
-        }
+        op, hist = self.features.op_size, self.features.history_size
+        obs = dict(zip(FEATURE_KEYS, (spaces.Box(-clip, clip, (op,), np.float32),
+                                      spaces.Box(-clip, clip, (op,), np.float32),
+                                      spaces.Box(0.0, 1.0, (hist,), np.float32))))
         for k, n in self.layout.mask_sizes().items():
             obs[k] = spaces.Box(0.0, 1.0, (n,), np.float32)
         self.observation_space = spaces.Dict(obs)
@@ -80,7 +79,7 @@ class MlirScheduleEnv(gym.Env):
         self._programs: Dict[str, Program] = {}
         self.program: Optional[Program] = None
         self.ps: Optional[ProgramState] = None
-        self._perm: List[int] = []
+        self._pending: Optional[Pending] = None
         self._baseline = None
         self._log_speedup = 0.0
 
@@ -92,7 +91,7 @@ class MlirScheduleEnv(gym.Env):
             name = self.names[int(self.np_random.integers(len(self.names)))]
         self.program = self.load(name)
         self.ps = ProgramState(self.program, self.cfg.actions)
-        self._perm = []
+        self._pending = None
         self._log_speedup = 0.0
         self._baseline = self.measurer.baseline(self.program)
         if not self._baseline.ok:
@@ -104,14 +103,12 @@ class MlirScheduleEnv(gym.Env):
         if self.ps is None or self.ps.done:
             raise RuntimeError("step() called after the episode ended; call reset() first")
         s = self.ps.current
-        decoded = self.layout.decode(action, self.layout.masks(s, self._perm), s)
+        decoded = self.layout.decode(action, self.layout.masks(s, self._pending), s, self._pending)
         ended_op = False
-        if isinstance(decoded, int):  # an interchange pointer: one more loop placed
-            self._perm.append(decoded)
-            if len(self._perm) == s.num_loops:
-                self._apply(I(self._perm))
-                self._perm = []
+        if isinstance(decoded, Pending):  # a transformation of several steps (I): one more step chosen
+            self._pending = decoded
         else:
+            self._pending = None
             before = self.ps.position
             self._apply(decoded)
             ended_op = self.ps.position != before
@@ -142,14 +139,18 @@ class MlirScheduleEnv(gym.Env):
             self._programs[name] = p
         return self._programs[name]
 
+    def action_layout_spec(self) -> Dict[str, Any]:
+        """The action layout as plain data: what the RL module needs (its model_config's ``action_layout``)."""
+        return self.layout.spec()
+
     def sample_valid_action(self, observation: Dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
         """Uniform among the unmasked choices at each level of `observation`'s masks."""
-        return self.layout.sample({k: observation[k] for k in MASK_KEYS}, rng)
+        return self.layout.sample(observation, rng)
 
     def _sample_current(self, rng: np.random.Generator) -> np.ndarray:
         if self.ps is None:
             return np.zeros(len(self.layout.nvec), np.int64)  # NT: before any reset
-        return self.layout.sample(self.layout.masks(self.ps.current, self._perm), rng)
+        return self.layout.sample(self.layout.masks(self.ps.current, self._pending), rng)
 
     def _apply(self, action) -> None:
         try:
@@ -167,8 +168,8 @@ class MlirScheduleEnv(gym.Env):
             op = np.clip(self.features.op_features(s), -clip, clip)
             prod = np.clip(self.features.producer_features(self.ps, s), -clip, clip)
             hist = self.features.action_history(s)
-        obs = {"op_features": op, "producer_features": prod, "action_history": hist}
-        obs.update(self.layout.masks(s, self._perm))
+        obs = dict(zip(FEATURE_KEYS, (op, prod, hist)))
+        obs.update(self.layout.masks(s, self._pending))
         return obs
 
     def _info(self) -> Dict[str, Any]:
@@ -187,8 +188,8 @@ class MlirScheduleEnv(gym.Env):
         info = self._info()
         info.update(schedule=str(schedule), status=m.status, time_s=m.time_s, cache_hit=m.cache_hit,
                     message=m.message, compile_s=spent["transform_s"] + spent["compile_s"], run_s=spent["run_s"])
-        if not m.ok:
-            return self.cfg.penalties[m.status], info
+        if not m.ok:  # a harness error (internal_error) is not the agent's doing: no penalty
+            return self.cfg.penalties.get(m.status, 0.0), info
         speedup = self._baseline.time_s / m.time_s
         info["speedup"] = speedup
         log_s = math.log(speedup)

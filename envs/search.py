@@ -11,8 +11,7 @@ from typing import List, Tuple
 
 import numpy as np
 
-from .mlir import Action, I, NT, ProgramState, V
-from .mlir.schedule import ACTIONS
+from .mlir import ACTIONS, Action, ProgramState
 
 
 @dataclass
@@ -42,9 +41,10 @@ def random_search(env, benchmark: str, budget: int, seed: int = 0) -> SearchResu
 
 
 def greedy_search(env, benchmark: str, budget: int, candidates: int = 8, seed: int = 0) -> SearchResult:
-    """One op at a time (last first), one action at a time: measure NT, V and
-    `candidates` sampled valid actions appended to the schedule so far, keep
-    the best, and move to the next op when the best one ends the op."""
+    """One op at a time (last first), one action at a time: measure the op-ending
+    actions without parameters (NT, V) and `candidates` sampled valid actions
+    appended to the schedule so far, keep the best, and move to the next op when
+    the best one ends the op."""
     rng = np.random.default_rng(seed)
     program = env.load(benchmark)
     layout, cfg = env.layout, env.cfg.actions
@@ -53,9 +53,10 @@ def greedy_search(env, benchmark: str, budget: int, candidates: int = 8, seed: i
     best, best_s, used, curve = "", 1.0, 0, []
     while not ps.done and used < budget:
         s = ps.current
-        options: List[Tuple[Action, ...]] = [(NT(),)] + ([(V(),)] if V.available(s, cfg) is None else [])
+        options: List[Tuple[Action, ...]] = [(cls(),) for cls in ACTIONS if cls.ends_op and not cls.heads(
+            cfg, layout.L) and cls.available(s, cfg) is None]
         for _ in range(candidates):
-            c = _sample_sequence(ps, layout, rng)
+            c = layout.sample_actions(ps, rng)
             if c not in options:
                 options.append(c)
         scored = []
@@ -78,22 +79,3 @@ def greedy_search(env, benchmark: str, budget: int, candidates: int = 8, seed: i
         for a in pick:
             ps.step(a)
     return SearchResult(benchmark, best, best_s, used, curve)
-
-
-def _sample_sequence(ps: ProgramState, layout, rng) -> Tuple[Action, ...]:
-    """One sampled valid action; an interchange comes with its loops and the T it needs."""
-    s = ps.current
-    masks = layout.masks(s)
-    a = layout.decode(layout.sample(masks, rng), masks, s)
-    if not isinstance(a, int):
-        return (a,)
-    perm = [a]
-    while len(perm) < s.num_loops:
-        perm.append(int(rng.choice([d for d, ok in enumerate(I.pointer_mask(s, perm)) if ok])))
-    trial = ps.copy()
-    trial.step(I(perm))
-    t_state = trial.current
-    masks = layout.masks(t_state)
-    vec = layout.sample(masks, rng)  # only T is allowed after I
-    assert ACTIONS[int(vec[0])].name == "T"
-    return (I(perm), layout.decode(vec, masks, t_state))

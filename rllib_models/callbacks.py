@@ -11,11 +11,15 @@ best speedup per benchmark so far, under ``result["mlir"]``, and as Ray metrics
 from __future__ import annotations
 
 import math
-from typing import Dict
+from typing import Dict, Iterable
 
 from ray.rllib.callbacks.callbacks import RLlibCallback
 
-STATUSES = ("ok", "wrong_result", "transform_failed", "compile_failed", "crash", "timeout")
+
+def geomean(xs: Iterable[float]) -> float:
+    """Geometric mean of the positive values (NaN if none): the one used for every reported speedup."""
+    xs = [x for x in xs if x and x > 0]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
 
 
 def _num(x) -> float:
@@ -76,9 +80,9 @@ class SchedulingMetrics(RLlibCallback):
             "episodes": episodes,
             "speedup_geomean": math.exp(_num(m.get("log_speedup_sum")) / ok) if ok else float("nan"),
             "best_speedup": dict(self.best),
-            "best_speedup_geomean": math.exp(sum(math.log(v) for v in self.best.values()) / len(self.best))
-            if self.best else float("nan"),
-            "failures": {k: _num(status.get(k)) for k in STATUSES if k != "ok"},
+            "best_speedup_geomean": geomean(self.best.values()),
+            # Whatever statuses the episodes logged, but "ok": this side keeps no list of them.
+            "failures": {k: _num(v) for k, v in status.items() if k != "ok"},
             "cache_hit_rate": _num(m.get("cache_hits")) / episodes if episodes else float("nan"),
             "compile_s": _num(m.get("compile_s")), "run_s": _num(m.get("run_s")),
         }

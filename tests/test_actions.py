@@ -1,10 +1,12 @@
 """Every action on real ops, really compiled and run, with the result checked."""
-import random
+import re
 
+import numpy as np
 import pytest
 
-from envs.mlir import ACTIONS, NT, ActionConfig, I, Program, ProgramState, Schedule, U, build_script
-from envs.mlir.schedule import _Tiling
+from envs import ActionLayout
+from envs.mlir import (ACTIONS, ActionConfig, FeatureConfig, Program, ProgramState, Schedule, build_script,
+                       write_transformed)
 
 CASES = [
     # (program, schedule) -- together every action on several op families.
@@ -26,13 +28,26 @@ CASES = [
 ]
 
 
+# What each action leaves in the transformed IR (before lowering).
+LEAVES = {"T": "scf.for", "TP": "scf.forall", "TF": "scf.forall", "V": "vector.contract|vector.fma|vector.transfer_read",
+          "I2C": "tensor.collapse_shape|tensor.expand_shape"}
+
+
 @pytest.mark.parametrize("name,text", CASES, ids=[f"{n}:{t[:40]}" for n, t in CASES])
-def test_schedule_runs_and_is_correct(programs, measurer, name, text):
+def test_schedule_runs_and_is_correct(programs, measurer, name, text, tmp_path):
     p = programs[name]
-    r = measurer.evaluate(p, Schedule.parse(text))
+    schedule = Schedule.parse(text)
+    r = measurer.evaluate(p, schedule)
     m = r.measurement
     assert m.status == "ok", m.message
-    assert m.max_error is not None and r.speedup is not None and r.speedup > 0
+    assert m.max_error is not None and not m.cache_hit and r.speedup is not None
+    # The script really transformed the program: each action left its mark.
+    out = tmp_path / "t.mlir"
+    write_transformed(p, build_script(p, schedule), str(out))
+    ir = out.read_text()
+    for a in {a.name for _, acts in schedule.ops for a in acts}:
+        if a in LEAVES:
+            assert re.search(LEAVES[a], ir), f"{a} left no {LEAVES[a]} in the transformed IR"
 
 
 def test_every_action_is_covered():
@@ -40,46 +55,26 @@ def test_every_action_is_covered():
     assert used | {"NT"} == {a.__name__ for a in ACTIONS}
 
 
-def _random_schedule(p: Program, rng: random.Random, cfg: ActionConfig) -> Schedule:
-    """Draws every choice uniformly among those the masks allow."""
-    ps = ProgramState(p, cfg)
+def _random_schedule(p: Program, rng: np.random.Generator, layout: ActionLayout) -> Schedule:
+    """Draws every choice uniformly among those the masks allow (the env's sampler)."""
+    ps = ProgramState(p, layout.ac)
     while not ps.done:
-        s = ps.current
-        names = [a for a in ACTIONS if a.available(s, cfg) is None]
-        cls = rng.choice(names)
-        if issubclass(cls, _Tiling):
-            mask = cls.size_mask(s, cfg)
-            for _ in range(100):
-                sizes = tuple(rng.choice([c for c, ok in zip(cfg.tile_choices, m) if ok]) for m in mask)
-                if cls(sizes).check(s, cfg) is None:
-                    break
-            else:
-                ps.step(NT())
-                continue
-            action = cls(sizes)
-        elif cls is I:
-            perm = []
-            while len(perm) < s.num_loops:
-                perm.append(rng.choice([d for d, ok in enumerate(I.pointer_mask(s, perm)) if ok]))
-            action = I(perm)
-        elif cls is U:
-            action = U(rng.choice([f for f, ok in zip(cfg.unroll_factors, U.factor_mask(s, cfg)) if ok]))
-        else:
-            action = cls()
-        assert ps.check(action) is None, (action, ps.check(action))
-        ps.step(action)
+        for action in layout.sample_actions(ps, rng):
+            assert ps.check(action) is None, (action, ps.check(action))
+            ps.step(action)
     return ps.schedule()
 
 
 @pytest.mark.parametrize("name", ["matmul", "conv", "conv_nchw", "depthwise", "pool", "elementwise", "batch"])
 def test_random_masked_schedules_compile_and_are_correct(programs, measurer, name):
     """Whatever the masks allow compiles and computes the right result."""
-    rng = random.Random(1234)
+    rng = np.random.default_rng(1234)
     cfg = ActionConfig(tile_sizes=(1, 2, 4, 8, 16))  # small tiles keep compile times short
+    layout = ActionLayout(FeatureConfig(), cfg)
     p = programs[name]
     seen = set()
     for _ in range(6):
-        s = _random_schedule(p, rng, cfg)
+        s = _random_schedule(p, rng, layout)
         if str(s) in seen:
             continue
         seen.add(str(s))

@@ -7,6 +7,7 @@ import sys
 import textwrap
 import warnings
 
+import numpy as np
 import pytest
 
 from envs.mlir import MeasureConfig, Measurer, Program, Schedule, TimeCache, WorkerPool
@@ -87,15 +88,136 @@ def test_compile_timeout_kills_the_worker_and_the_pool_goes_on(programs):
         assert pool.run(_job(p), 60, 60)["status"] == "ok"
 
 
-def test_run_timeout_kills_the_worker_and_the_pool_goes_on():
-    m = Measurer(MeasureConfig(threads=1, repetitions=3, run_timeout_s=0.3))
+def test_run_timeout_is_retried_once_then_cached_and_the_pool_goes_on(tmp_path):
+    m = Measurer(MeasureConfig(threads=1, repetitions=3, run_timeout_s=0.3, cache_dir=str(tmp_path)))
     try:
-        slow = m.baseline(Program.from_text(BIG, "big.mlir"))  # about 1 s a run, untransformed
-        assert slow.status == "timeout" and "running took longer than 0.3 s" in slow.message
-        assert m.pool.replaced == 1
+        big = Program.from_text(BIG, "big.mlir")
+        slow = m.baseline(big)  # about 1 s a run, untransformed: both tries time out
+        assert slow.status == "timeout" and "running took longer than 0.3 s (twice)" in slow.message
+        assert m.counts["timeout_retries"] == 1 and m.counts["measured"] == 2
+        assert m.pool.replaced == 2  # each timed-out worker was killed and replaced
+        assert m.cache.get(slow.key).status == "timeout"
+        again = m.baseline(big)
+        assert again.cache_hit and again.status == "timeout" and m.counts["measured"] == 2
         assert m.baseline(Program.from_text(ADD, "add.mlir")).status == "ok"
+        assert m.counts["timeout_retries"] == 1  # an ok measurement is not retried
     finally:
         m.close()
+
+
+class _FlakyPool:
+    """A FAKE WorkerPool (no compilation): the baseline runs; the first scheduled job
+    times out, every later one is ok. Stands in for a machine busy for a moment."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def run(self, job, compile_timeout_s, run_timeout_s):
+        self.jobs.append(job)
+        if job["want_output"]:
+            return {"status": "ok", "time_s": 2e-3, "compile_s": 0.1, "outputs": [np.zeros((8, 8), np.float32)]}
+        if sum(not j["want_output"] for j in self.jobs) == 1:
+            return {"status": "timeout", "message": f"running took longer than {run_timeout_s:g} s"}
+        return {"status": "ok", "time_s": 1e-3, "compile_s": 0.1, "max_error": 0.0, "message": ""}
+
+    def close(self):
+        pass
+
+
+def test_timeout_then_ok_on_the_retry_is_what_is_returned_and_cached(tmp_path):
+    p = Program.from_text(ADD, "add.mlir")
+    m = Measurer(MeasureConfig(threads=1, cache_dir=str(tmp_path)))
+    m._pool = fake = _FlakyPool()
+    try:
+        r = m.evaluate(p, Schedule.parse("operation_0: V"))
+        assert r.measurement.status == "ok" and r.speedup == pytest.approx(2.0)
+        assert m.counts["timeout_retries"] == 1 and len(fake.jobs) == 3  # baseline, timeout, retry
+        assert m.cache.get(r.measurement.key).status == "ok"
+        assert m.measure(p, Schedule.parse("operation_0: V")).cache_hit and len(fake.jobs) == 3
+    finally:
+        m.close()
+
+
+def test_harness_error_is_internal_error_logged_counted_and_not_cached(tmp_path, caplog):
+    """A real bug of the harness, in a real worker: a reference file of strings (as a broken
+    cache folder would hold) makes `compare` raise in the worker. Not the schedule's doing."""
+    p = Program.from_text(ADD, "add.mlir")
+    s = Schedule.parse("operation_0: V")
+    cfg = MeasureConfig(threads=1, repetitions=1, cache_dir=str(tmp_path))
+    with Measurer(cfg) as m:
+        assert m.baseline(p).ok  # caches the baseline and writes its reference file
+        ref = m._ref_path(p)
+    np.savez(ref, np.full((8, 8), "x"))
+    with Measurer(cfg) as m, caplog.at_level("ERROR", logger="envs.mlir"):
+        bad = m.measure(p, s)
+        assert bad.status == "internal_error" and not bad.ok
+        assert "internal error while running" in bad.message and "Traceback" in bad.message
+        assert "in compare" in bad.message and "TypeError" in bad.message
+        assert m.counts["internal_errors"] == 1 and m.counts["measured"] == 1
+        assert m.cache.get(bad.key) is None  # never cached
+        logged = [r for r in caplog.records if r.name == "envs.mlir"]
+        assert len(logged) == 1 and "Traceback" in logged[0].getMessage()
+        again = m.measure(p, s)  # measured again, not served from the cache
+        assert again.status == "internal_error" and not again.cache_hit
+        assert m.counts["internal_errors"] == 2 and m.counts["measured"] == 2
+        assert m.pool.replaced == 0  # the worker lives on
+    os.remove(ref)  # the harness mended: the same schedule now measures and is cached
+    with Measurer(cfg) as m:
+        fixed = m.measure(p, s)
+        assert fixed.ok and not fixed.cache_hit and m.cache.get(fixed.key).ok
+
+
+def test_script_bug_is_internal_error_but_an_invalid_schedule_still_raises(monkeypatch, caplog):
+    """`build_script` is replaced by FAKES: one with a bug of ours, one refusing the schedule."""
+    import envs.mlir.measure as measure_mod
+    from envs.mlir import ScheduleError
+    p = Program.from_text(ADD, "add.mlir")
+
+    def buggy(*a, **k):
+        raise KeyError("a bug in the script builder")
+
+    m = Measurer(MeasureConfig(threads=1))
+    monkeypatch.setattr(measure_mod, "build_script", buggy)
+    with caplog.at_level("ERROR", logger="envs.mlir"):
+        res = m.measure(p, Schedule.parse("operation_0: V"))
+    assert res.status == "internal_error" and "building the transform script" in res.message
+    assert "KeyError" in res.message and m.counts["internal_errors"] == 1
+    assert any("Traceback" in r.getMessage() for r in caplog.records if r.name == "envs.mlir")
+
+    def refuses(*a, **k):
+        raise ScheduleError("operation_0: V: not for this op")
+
+    monkeypatch.setattr(measure_mod, "build_script", refuses)
+    with pytest.raises(ScheduleError):
+        m.measure(p, Schedule.parse("operation_0: V"))
+    assert m._pool is None  # nothing was compiled
+    m.close()
+
+
+def test_status_list_is_one():
+    from envs.config import FAILURES, EnvConfig
+    from envs.mlir import STATUSES
+    assert set(FAILURES) == set(STATUSES) - {"ok", "internal_error"}
+    assert set(EnvConfig().penalties) == set(FAILURES)
+    with pytest.raises(ValueError, match="unknown status internal_error"):
+        EnvConfig(penalties={"internal_error": -1.0})
+
+
+def test_failures_metric_is_every_logged_status_but_ok():
+    from rllib_models.callbacks import SchedulingMetrics
+    cb = SchedulingMetrics()
+    result = {"env_runners": {"mlir": {"episodes": 5, "status": {
+        "ok": 2, "timeout": 1, "internal_error": 2, "crash": float("nan")}}}}
+    cb.on_train_result(result=result)
+    assert result["mlir"]["failures"] == {"timeout": 1.0, "internal_error": 2.0, "crash": 0.0}
+
+
+def test_default_cache_dir_honours_MLIR_RL_CACHE(monkeypatch):
+    from envs.mlir.cache import default_cache_dir
+    monkeypatch.setenv("MLIR_RL_CACHE", "~/elsewhere")
+    assert default_cache_dir() == os.path.expanduser("~/elsewhere")
+    monkeypatch.delenv("MLIR_RL_CACHE")
+    assert default_cache_dir() == os.path.expanduser("~/.cache/mlir_rl/times")
 
 
 def test_failed_transform_names_the_action_and_mlir_message(programs):

@@ -1,5 +1,6 @@
 """Encoders, the masked hierarchical distribution, the RLModule, tune_run.py and evaluate.py."""
 import csv
+import itertools
 import math
 import os
 import subprocess
@@ -10,9 +11,10 @@ import pytest
 import torch
 
 from envs import MlirScheduleEnv
-from envs.action_space import POINTER_ID, TILING_IDS, UNROLL_ID
+from envs import ActionLayout
+from envs.mlir import ActionConfig, FeatureConfig
 from rllib_models import ENCODERS, build_encoder
-from rllib_models.distribution import FLOAT_MIN
+from rllib_models.distribution import FLOAT_MIN, HierarchicalMaskedDistribution
 from rllib_models.module import MlirPolicyModule
 
 from conftest import short_tmp
@@ -53,7 +55,7 @@ def _batch(obs_list):
 def _module(env, **cfg):
     torch.manual_seed(0)
     return MlirPolicyModule(observation_space=env.observation_space, action_space=env.action_space,
-                            model_config=cfg)
+                            model_config={**cfg, "action_layout": env.action_layout_spec()})
 
 
 def test_encoders_shapes_and_sizes():
@@ -99,62 +101,148 @@ def test_sampled_actions_are_never_masked(env, observations, cfg):
 def _check_masks(env, a, m):
     t = int(a[0])
     assert m["mask_transformation"][t] == 1
-    if t in TILING_IDS:
-        key = ("mask_T", "mask_TP", "mask_TF")[TILING_IDS.index(t)]
-        tm = m[key].reshape(env.layout.L, env.layout.C)
-        assert all(tm[d, c] for d, c in enumerate(a[1:1 + env.layout.L]))
-    elif t == POINTER_ID:
-        assert m["mask_I"][a[env.layout.pointer_index]] == 1
-    elif t == UNROLL_ID:
-        assert m["mask_U"][a[env.layout.unroll_index]] == 1
-    else:
-        assert not a[1:].any()  # unused heads are fixed to 0
+    read = np.zeros(len(a), bool)
+    read[0] = True
+    for r in (r for r in env.layout.heads if r.transformation == t):
+        hm = m[r.mask].reshape(r.head.positions, r.head.choices)
+        chosen = a[r.offset:r.offset + r.head.positions]
+        assert all(hm[p, c] for p, c in enumerate(chosen))
+        read[r.offset:r.offset + r.head.positions] = True
+    assert not a[~read].any()  # positions the transformation does not read are fixed to 0
 
 
-def test_logp_entropy_and_kl_count_only_used_heads(env, observations):
-    module = _module(env, model_type="lstm")
-    obs = observations[:1]
-    with torch.no_grad():
-        logits = module.forward_inference(_batch(obs))["action_dist_inputs"]
-    dist = module.get_inference_action_dist_cls().from_logits(logits)
-    o = obs[0]
-    t_logits = logits[0, :8]
-    log_pt = torch.log_softmax(t_logits, -1)
-    nt = int(np.flatnonzero(o["mask_transformation"])[0])  # e.g. NT: no heads
-    a = torch.zeros(1, len(env.layout.nvec), dtype=torch.long)
-    a[0, 0] = nt
-    if nt not in TILING_IDS + (POINTER_ID, UNROLL_ID):
-        assert dist.logp(a)[0] == pytest.approx(log_pt[nt].item(), abs=1e-5)
-        a2 = a.clone()
-        a2[0, 1:-1] = 3  # values in heads this transformation does not use: no effect
-        a2[0, -1] = 2
-        assert dist.logp(a2)[0] == pytest.approx(log_pt[nt].item(), abs=1e-5)
-    # A masked transformation has log-probability -inf.
-    masked = int(np.flatnonzero(o["mask_transformation"] == 0)[0])
-    a[0, 0] = masked
-    assert dist.logp(a)[0] == -math.inf
-    # Entropy: H(t) + sum_t p(t) * mean entropy of t's open heads (hand-computed here).
-    p = torch.softmax(t_logits, -1)
-    h_t = -(p * torch.where(t_logits > FLOAT_MIN / 2, log_pt, torch.zeros_like(log_pt))).sum()
-    L, C = env.layout.L, env.layout.C
-    tiles = logits[0, 8:8 + 3 * L * C].reshape(3, L, C)
-    cond = torch.zeros(8)
-    for i, tt in enumerate(TILING_IDS):
-        lp = torch.log_softmax(tiles[i], -1)
-        h = -(lp.exp() * torch.where(tiles[i] > FLOAT_MIN / 2, lp, torch.zeros_like(lp))).sum(-1)
-        opened = ((tiles[i] > FLOAT_MIN / 2).sum(-1) > 1).sum().clamp(min=1)
-        cond[tt] = h.sum() / opened
-    ptr = logits[0, 8 + 3 * L * C:8 + 3 * L * C + L]
-    lp = torch.log_softmax(ptr, -1)
-    cond[POINTER_ID] = -(lp.exp() * torch.where(ptr > FLOAT_MIN / 2, lp, torch.zeros_like(lp))).sum()
-    un = logits[0, -3:]
-    lp = torch.log_softmax(un, -1)
-    cond[UNROLL_ID] = -(lp.exp() * torch.where(un > FLOAT_MIN / 2, lp, torch.zeros_like(lp))).sum()
-    assert dist.entropy()[0].item() == pytest.approx((h_t + (p * cond).sum()).item(), rel=1e-5)
-    assert torch.isfinite(dist.entropy()).all()
-    assert dist.kl(dist)[0].item() == pytest.approx(0.0, abs=1e-6)
-    det = dist.to_deterministic()
-    assert torch.isfinite(det.logp(det.sample())).all()
+# --- the distribution against an independent reference, on a layout small enough to enumerate ---
+
+SMALL = ActionLayout(FeatureConfig(max_loops=2), ActionConfig(tile_sizes=(1, 2), unroll_factors=(2, 4))).spec()
+
+
+def _valid_vectors(spec):
+    """Every action vector of the layout (positions a transformation does not read at 0)."""
+    out = []
+    for t in range(len(spec["transformations"])):
+        heads = [h for h in spec["heads"] if h["transformation"] == t]
+        slots = [(h["offset"] + p, h["choices"]) for h in heads for p in range(h["positions"])]
+        for combo in itertools.product(*(range(c) for _, c in slots)):
+            v = [0] * len(spec["nvec"])
+            v[0] = t
+            for (pos, _), c in zip(slots, combo):
+                v[pos] = c
+            out.append(v)
+    return torch.tensor(out)
+
+
+def _random_masked_logits(spec, batch, gen):
+    """Random logits with random masks folded in (at least one choice per position allowed)."""
+    parts, masks = [], []
+    for positions, choices in [(1, len(spec["transformations"]))] + [(h["positions"], h["choices"])
+                                                                      for h in spec["heads"]]:
+        m = torch.rand(batch, positions, choices, generator=gen) < 0.6
+        m[torch.arange(batch)[:, None], torch.arange(positions)[None],
+          torch.randint(choices, (batch, positions), generator=gen)] = True
+        parts.append(torch.randn(batch, positions * choices, generator=gen) * 2)
+        masks.append(m.reshape(batch, -1))
+    logits, mask = torch.cat(parts, -1), torch.cat(masks, -1)
+    return torch.where(mask, logits, torch.full_like(logits, FLOAT_MIN)), logits, mask
+
+
+def _plogp(p):
+    return torch.where(p > 0, p * p.clamp_min(1e-30).log(), torch.zeros_like(p))
+
+
+def test_distribution_matches_enumeration_of_every_action():
+    """Log-probabilities, KL, entropy and sampling checked against sums over every
+    action of a small layout, computed here from the definitions."""
+    gen = torch.Generator().manual_seed(0)
+    spec, B = SMALL, 6
+    vecs = _valid_vectors(spec)
+    assert len(vecs) == 1 + 3 * 9 + 2 + 2 + 1 + 1  # NT, T/TP/TF (3 choices x 2 loops), I, U, V, I2C
+    p_logits, _, mask = _random_masked_logits(spec, B, gen)
+    _, q_raw, _ = _random_masked_logits(spec, B, gen)
+    q_logits = torch.where(mask, q_raw, torch.full_like(q_raw, FLOAT_MIN))  # q masks what p masks
+    P = HierarchicalMaskedDistribution(p_logits, layout=spec)
+    Q = HierarchicalMaskedDistribution(q_logits, layout=spec)
+    lp = torch.stack([P.logp(v.expand(B, -1)) for v in vecs], -1)  # (B, actions)
+    lq = torch.stack([Q.logp(v.expand(B, -1)) for v in vecs], -1)
+    prob = lp.exp()
+    assert torch.allclose(prob.sum(-1), torch.ones(B), atol=1e-5)  # normalized over every action
+    assert (prob == 0).any() and (lp[prob == 0] == -math.inf).all()  # masked: log-probability -inf
+    # KL from its definition, a sum over the actions p allows.
+    ref_kl = torch.where(prob > 0, prob * (lp - lq), torch.zeros_like(prob)).sum(-1)
+    assert torch.allclose(P.kl(Q), ref_kl, atol=1e-4) and (ref_kl > 1e-3).all()
+    assert torch.allclose(P.kl(P), torch.zeros(B), atol=1e-6)
+    # Entropy: H(t) + sum_t p(t) * H(heads | t) / (open positions of t), with H(heads | t)
+    # enumerated; without the division it is the exact joint entropy.
+    t_of, n_t = vecs[:, 0], len(spec["transformations"])
+    p_t = torch.stack([prob[:, t_of == t].sum(-1) for t in range(n_t)], -1)
+    weighted = exact = -_plogp(p_t).sum(-1)
+    head_masks = torch.split(mask[:, n_t:], [h["positions"] * h["choices"] for h in spec["heads"]], -1)
+    for t in range(n_t):
+        h_cond = -_plogp(prob[:, t_of == t] / p_t[:, t:t + 1].clamp_min(1e-30)).sum(-1)
+        n_open = sum(((m.reshape(B, h["positions"], h["choices"]).sum(-1) > 1).sum(-1)
+                      for h, m in zip(spec["heads"], head_masks) if h["transformation"] == t), torch.zeros(B))
+        weighted = weighted + p_t[:, t] * h_cond / n_open.clamp(min=1)
+        exact = exact + p_t[:, t] * h_cond
+    assert torch.allclose(P.entropy(), weighted, atol=1e-4)
+    assert torch.allclose(-_plogp(prob).sum(-1), exact, atol=1e-4)
+    # Samples: never masked, at the frequencies of the probabilities.
+    index = {tuple(v.tolist()): i for i, v in enumerate(vecs)}
+    counts = torch.zeros(B, len(vecs))
+    N = 4000
+    for _ in range(N):
+        for b, a in enumerate(P.sample().tolist()):
+            counts[b, index[tuple(a)]] += 1  # a KeyError here: a position not read was not 0
+    assert (counts[prob == 0] == 0).all()
+    assert (counts / N - prob).abs().max() < 0.04
+    # The deterministic sample: the most likely transformation, then the best choice of each of its positions.
+    det = P.to_deterministic().sample()
+    t_best = p_logits[:, :n_t].argmax(-1)
+    assert torch.equal(det[:, 0], t_best)
+    for h, lg in zip(spec["heads"], torch.split(p_logits[:, n_t:], [h["positions"] * h["choices"]
+                                                                     for h in spec["heads"]], -1)):
+        best = lg.reshape(B, h["positions"], h["choices"]).argmax(-1)
+        sel = t_best == h["transformation"]
+        assert torch.equal(det[sel, h["offset"]:h["offset"] + h["positions"]], best[sel])
+
+
+_NO_COMPILER = r"""
+import builtins, json, sys
+real_import = builtins.__import__
+def guard(name, *a, **k):
+    if name.split(".")[0] in ("torch_mlir", "envs"):
+        raise ImportError(f"{name} must not be imported by the RL side")
+    return real_import(name, *a, **k)
+builtins.__import__ = guard
+import gymnasium as gym, numpy as np, torch
+from rllib_models.module import MlirPolicyModule
+d = json.load(open(sys.argv[1]))
+obs_space = gym.spaces.Dict({k: gym.spaces.Box(-1e4, 1e4, (n,), np.float32) for k, n in d["obs"].items()})
+m = MlirPolicyModule(observation_space=obs_space, action_space=gym.spaces.MultiDiscrete(d["spec"]["nvec"]),
+                     model_config={"model_type": "lstm", "action_layout": d["spec"]})
+obs = {k: torch.as_tensor(np.array(v, np.float32)) for k, v in d["batch"].items()}
+out = m.forward_train({"obs": obs})
+dist = m.get_train_action_dist_cls().from_logits(out["action_dist_inputs"])
+a = dist.sample()
+loss = -dist.logp(a).mean() - 0.01 * dist.entropy().mean() + m.compute_values({"obs": obs}).pow(2).mean()
+loss.backward()
+assert all(p.grad is not None for p in m.logits_head.parameters())
+assert torch.isfinite(loss) and "torch_mlir" not in sys.modules and not any(k.startswith("envs") for k in sys.modules)
+print("ok", tuple(a.shape))
+"""
+
+
+def test_rl_side_builds_and_trains_without_the_compiler(env, observations, tmp_path):
+    """The module gets the layout through model_config: forward and backward in a
+    process where importing torch_mlir (or envs) fails."""
+    import json
+    batch = observations[:16]
+    data = {"spec": env.action_layout_spec(),
+            "obs": {k: int(v.shape[0]) for k, v in env.observation_space.spaces.items()},
+            "batch": {k: np.stack([o[k] for o in batch]).tolist() for k in batch[0]}}
+    (tmp_path / "d.json").write_text(json.dumps(data))
+    (tmp_path / "child.py").write_text(_NO_COMPILER)
+    r = subprocess.run([sys.executable, str(tmp_path / "child.py"), str(tmp_path / "d.json")], capture_output=True,
+                       text=True, timeout=300, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == 0 and "ok (16, " in r.stdout, r.stderr[-3000:]
 
 
 def test_saved_module_gives_the_same_greedy_actions(env, observations, tmp_path):

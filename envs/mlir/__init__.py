@@ -9,18 +9,21 @@ Typical use::
         r = m.evaluate(prog, Schedule.parse("operation_1: T(8,16,1) V"))
         print(r.measurement.status, r.speedup)
 """
+from .actions import ACTIONS, I2C, NT, TF, TP, Action, Head, I, T, U, V
 from .cache import Measurement, TimeCache, machine_fingerprint
 from .config import ActionConfig, FeatureConfig, MeasureConfig
 from .errors import MlirInputError, ScheduleError
 from .features import FeatureLayout
 from .measure import Measurer, Result
+from .opstate import OpState
 from .program import ARITH_KINDS, OP_TYPES, LinalgOp, Program
-from .schedule import ACTIONS, I2C, NT, TF, TP, Action, I, OpState, ProgramState, Schedule, T, U, V
+from .program_state import ProgramState
+from .schedule import Schedule
 from .transform import Script, build_script, write_transformed
 from .worker import STATUSES, WorkerPool
 
 __all__ = [
-    "ACTIONS", "ARITH_KINDS", "Action", "ActionConfig", "FeatureConfig", "FeatureLayout", "I", "I2C",
+    "ACTIONS", "ARITH_KINDS", "Action", "ActionConfig", "FeatureConfig", "FeatureLayout", "Head", "I", "I2C",
     "LinalgOp", "MeasureConfig", "Measurement", "Measurer", "MlirInputError", "NT", "OP_TYPES", "OpState",
     "Program", "ProgramState", "Result", "STATUSES", "Schedule", "ScheduleError", "Script", "T", "TF", "TP",
     "TimeCache", "U", "V", "WorkerPool", "build_script", "machine_fingerprint", "write_transformed",

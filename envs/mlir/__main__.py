@@ -8,30 +8,35 @@ printed last on stdout.  Bad input: one line on stderr, exit code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import os
 import sys
 
-DEFAULT_CACHE = os.environ.get("MLIR_RL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "mlir_rl", "times"))
+from .cache import default_cache_dir
+from .config import MeasureConfig
 
 
 def main(argv=None) -> int:
+    default = {f.name: f.default for f in dataclasses.fields(MeasureConfig)}
+    cache = default_cache_dir()
     ap = argparse.ArgumentParser(prog="python -m envs.mlir", description=__doc__.split("\n\n")[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("file", help="an .mlir file with one public function over static-shape tensors")
     ap.add_argument("--schedule", help='e.g. "operation_1: TP(128,0,0) T(8,16,1) V" (ops not named: NT)')
     ap.add_argument("--json", action="store_true", help="print one JSON object last on stdout")
     ap.add_argument("--threads", type=int, help="OpenMP threads (default: the CPUs this process may use)")
-    ap.add_argument("--repetitions", type=int, default=5, help="timed runs; the median is reported")
-    ap.add_argument("--cache-dir", default=DEFAULT_CACHE, help=f"Parquet time cache (default {DEFAULT_CACHE})")
+    ap.add_argument("--repetitions", type=int, default=default["repetitions"],
+                    help="timed runs; the median is reported (default %(default)s)")
+    ap.add_argument("--cache-dir", default=cache, help=f"Parquet time cache (default {cache}; $MLIR_RL_CACHE)")
     ap.add_argument("--no-cache", action="store_true", help="measure again; do not read or write the cache")
-    ap.add_argument("--compile-timeout", type=float, default=120.0, help="seconds")
-    ap.add_argument("--run-timeout", type=float, default=60.0, help="seconds")
+    ap.add_argument("--compile-timeout", type=float, default=default["compile_timeout_s"],
+                    help="seconds (default %(default)s)")
+    ap.add_argument("--run-timeout", type=float, default=default["run_timeout_s"], help="seconds (default %(default)s)")
     ap.add_argument("--print-script", action="store_true", help="print the generated transform script")
     ap.add_argument("-o", "--output", help="write the transformed module (and its script beside it)")
     args = ap.parse_args(argv)
 
-    from .config import MeasureConfig, available_cpus
+    from .config import available_cpus
     from .errors import MlirInputError, ScheduleError
     from .measure import Measurer
     from .program import Program

@@ -62,6 +62,11 @@ SCHEMA = pa.schema([
 _STORED = [f.name for f in SCHEMA]
 
 
+def default_cache_dir() -> str:
+    """The time cache folder when none is given: $MLIR_RL_CACHE, else ~/.cache/mlir_rl/times."""
+    return os.path.expanduser(os.environ.get("MLIR_RL_CACHE") or os.path.join("~", ".cache", "mlir_rl", "times"))
+
+
 def machine_fingerprint(threads: int, opt_level: int = 3) -> str:
     """What makes times comparable: CPU model and features, threads, compiler version."""
     cpu = platform.processor() or platform.machine()

@@ -17,9 +17,11 @@ Unlike MLIR-RL, the bounds are those of the op *as it stands*: after a tiling
 they are the tile the next action will see (the main piece).
 ProducerOpFeatures are the OpFeatures of the op's producer (zeros if none).
 ActionHistory has, per action slot of the op (max_actions_per_op): the
-transformation one-hot (`schedule.ACTIONS` order), per loop the tile size as
-log2(size+1)/log2(max+1), per loop its interchange position (pos+1)/max_loops,
-and the unroll factor as log2(f)/log2(max f).
+transformation one-hot (`ACTIONS` order), then the history blocks the
+transformations declare, in order of first use (with the shipped actions: per
+loop the tile size as log2(size+1)/log2(max+1) for T/TP/TF, per loop its
+interchange position (pos+1)/max_loops for I, the unroll factor as
+log2(f)/log2(max f) for U).
 """
 from __future__ import annotations
 
@@ -31,7 +33,9 @@ import numpy as np
 
 from .config import ActionConfig, FeatureConfig
 from .program import ARITH_KINDS, OP_TYPES
-from .schedule import ACTIONS, I, OpState, ProgramState, U, _Tiling
+from .actions import ACTIONS
+from .opstate import OpState
+from .program_state import ProgramState
 
 
 class FeatureLayout:
@@ -49,7 +53,20 @@ class FeatureLayout:
             self.slices[name] = slice(off, off + n)
             off += n
         self.op_size = off
-        self.step_size = len(ACTIONS) + 2 * L + 1
+        # History blocks: one per name the actions declare, in order of first use.
+        self.history_blocks: Dict[str, slice] = {}
+        off = len(ACTIONS)
+        for cls in ACTIONS:
+            name, n = cls.history_block, cls.history_size(L)
+            if name is None:
+                continue
+            if name not in self.history_blocks:
+                self.history_blocks[name] = slice(off, off + n)
+                off += n
+            elif self.history_blocks[name].stop - self.history_blocks[name].start != n:
+                raise ValueError(f"{cls.name}'s history block {name!r} has {n} values; another action's has "
+                                 f"{self.history_blocks[name].stop - self.history_blocks[name].start}")
+        self.step_size = off
         self.history_size = actions.max_actions_per_op * self.step_size
 
     def check_fits(self, s: OpState) -> None:
@@ -100,17 +117,10 @@ class FeatureLayout:
         """ActionHistory of the op: one block per action slot, zeros for unused slots."""
         L = self.fc.max_loops
         v = np.zeros(self.history_size, np.float32)
-        big = math.log2(max(self.ac.tile_sizes) + 1)
-        top_u = math.log2(max(self.ac.unroll_factors))
         for k, a in enumerate(s.actions[:self.ac.max_actions_per_op]):
             base = k * self.step_size
             v[base + ACTIONS.index(type(a))] = 1.0
-            if isinstance(a, _Tiling):
-                for d, size in enumerate(a.sizes[:L]):
-                    v[base + len(ACTIONS) + d] = min(1.0, math.log2(size + 1) / big)
-            elif isinstance(a, I):
-                for pos, d in enumerate(a.perm[:L]):
-                    v[base + len(ACTIONS) + L + d] = (pos + 1) / L
-            elif isinstance(a, U):
-                v[base + len(ACTIONS) + 2 * L] = min(1.0, math.log2(a.factor) / top_u)
+            if a.history_block is not None:
+                block = self.history_blocks[a.history_block]
+                v[base + block.start:base + block.stop] = a.history(self.ac, L)
         return v

@@ -5,30 +5,47 @@ untransformed program (the empty schedule) is the baseline: it is measured
 and cached like any schedule, and its outputs on the seeded inputs are the
 reference every scheduled result is compared with (kept in memory and, with
 a cache folder, on disk beside the Parquet files).
+
+Two statuses get special care here.  A ``timeout`` may come from a machine
+that was busy for a moment: it is measured once more before it is cached.
+An ``internal_error`` (a bug of this harness, in the worker or while building
+the transform script) is logged with its traceback on the ``envs.mlir``
+logger, counted in ``counts["internal_errors"]`` and never cached.
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import re
 import threading
 import time
+import traceback
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import numpy as np
 
 from .cache import Measurement, TimeCache, machine_fingerprint, now
 from .config import ActionConfig, MeasureConfig
-from .errors import MlirInputError
+from .errors import MlirInputError, ScheduleError, line_of
 from .program import Program
 from .schedule import Schedule
-from .errors import line_of
 from .transform import Script, build_script
-from .worker import OK, WorkerPool
+from .worker import INTERNAL_ERROR, OK, TIMEOUT, WorkerPool
+
+log = logging.getLogger("envs.mlir")
 
 
-@dataclass(frozen=True)
+class _HarnessFailure(Exception):
+    """The reference could not be made for a bug of ours (carries the measurement)."""
+
+    def __init__(self, measurement: "Measurement"):
+        super().__init__(measurement.message)
+        self.measurement = measurement
+
+
+@dataclasses.dataclass(frozen=True)
 class Result:
     """A schedule's measurement beside its program's baseline."""
 
@@ -60,7 +77,8 @@ class Measurer:
         self._refs: "OrderedDict[str, List[np.ndarray]]" = OrderedDict()
         # Where measuring time goes (seconds summed over measurements), for benchmarks.
         self.counts: Dict[str, float] = {"measured": 0, "cache_hits": 0, "script_s": 0.0, "transform_s": 0.0,
-                                         "compile_s": 0.0, "run_s": 0.0, "wall_s": 0.0}
+                                         "compile_s": 0.0, "run_s": 0.0, "wall_s": 0.0,
+                                         "internal_errors": 0, "timeout_retries": 0}
 
     @property
     def pool(self) -> WorkerPool:
@@ -91,7 +109,8 @@ class Measurer:
         """Measure one schedule (a cache hit compiles nothing).
 
         Raises ScheduleError for a schedule that does not fit the program and
-        MlirInputError when the untransformed program itself cannot run."""
+        MlirInputError when the untransformed program itself cannot run.  A bug
+        of the harness is not raised: it is an ``internal_error`` measurement."""
         schedule = schedule.for_program(program)
         text = str(schedule)
         key = (program.hash, text, self.fingerprint)
@@ -103,14 +122,26 @@ class Measurer:
         if schedule.is_empty:
             return self._run_baseline(program)[0]
         t = time.perf_counter()
-        script = build_script(program, schedule, self.actions)
+        try:
+            script = build_script(program, schedule, self.actions)
+        except ScheduleError:
+            raise  # the schedule is invalid: the caller's to handle
+        except Exception:
+            return self._record(program, text, {"status": INTERNAL_ERROR, "message":
+                                                f"internal error while building the transform script:\n"
+                                                f"{traceback.format_exc()}"})
         self.counts["script_s"] += time.perf_counter() - t
-        ref = self._reference(program)
+        try:
+            ref = self._reference(program)
+        except _HarnessFailure as e:  # the baseline met a bug of ours (logged and counted once)
+            return dataclasses.replace(e.measurement, schedule=text)
         res = self._job(program, script, reference=ref)
         return self._record(program, text, res)
 
     def evaluate(self, program: Program, schedule: Schedule) -> Result:
         base = self.baseline(program)
+        if base.status == INTERNAL_ERROR:  # no reference to check against: the schedule shares the error
+            return Result(base, dataclasses.replace(base, schedule=str(schedule.for_program(program))))
         if not base.ok:
             raise MlirInputError(program.source, f"the untransformed program does not run: {base.status}: "
                                  f"{base.message}")
@@ -124,14 +155,23 @@ class Measurer:
                "parallel": bool(script and script.parallel), "repetitions": c.repetitions, "warmup": c.warmup,
                "min_sample_s": c.min_sample_s, "seed": c.seed, "reference": reference,
                "want_output": want_output, "rtol": c.rtol, "atol": c.atol, "opt_level": c.opt_level}
-        res = self.pool.run(job, c.compile_timeout_s, c.run_timeout_s)
+        res = self._run(job)
+        if res["status"] == TIMEOUT:  # perhaps a busy moment of the machine: once more before it is cached
+            self.counts["timeout_retries"] += 1
+            res = self._run(job)
+            if res["status"] == TIMEOUT:
+                res["message"] += " (twice)"
         if res.get("where"):
             res["message"] = f"{_culprit(program, res['where'])}: {res['message']}"
+        # compile_s as reported includes the transform; counted here without it.
+        self.counts["compile_s"] += (res.get("compile_s") or 0.0) - (res.get("transform_s") or 0.0)
+        return res
+
+    def _run(self, job: dict) -> dict:
+        res = self.pool.run(job, self.cfg.compile_timeout_s, self.cfg.run_timeout_s)
         self.counts["measured"] += 1
         for k in ("transform_s", "run_s", "wall_s"):
             self.counts[k] += res.get(k) or 0.0
-        # compile_s as reported includes the transform; counted here without it.
-        self.counts["compile_s"] += (res.get("compile_s") or 0.0) - (res.get("transform_s") or 0.0)
         return res
 
     def _record(self, program: Program, schedule_text: str, res: dict, store: bool = True) -> Measurement:
@@ -139,7 +179,11 @@ class Measurer:
                         status=res["status"], time_s=res.get("time_s"), compile_s=res.get("compile_s"),
                         message=res.get("message", ""), date=now(), program_name=program.name,
                         threads=self.cfg.threads, max_error=res.get("max_error"))
-        if store and self.cache is not None:
+        if m.status == INTERNAL_ERROR:  # our bug, not the schedule's: told, counted, never cached
+            self.counts["internal_errors"] += 1
+            log.error("internal error measuring %s [%s]: %s", program.name or program.hash, schedule_text,
+                      m.message)
+        elif store and self.cache is not None:
             self.cache.put(m)
         return m
 
@@ -187,6 +231,8 @@ class Measurer:
         cached = self.cache is not None and self.cache.get(
             (program.hash, str(Schedule.empty(program)), self.fingerprint)) is not None
         m, outputs = self._run_baseline(program, record_ok=not cached)
+        if m.status == INTERNAL_ERROR:
+            raise _HarnessFailure(m)
         if outputs is None:
             raise MlirInputError(program.source, f"the untransformed program does not run: {m.status}: {m.message}")
         return outputs

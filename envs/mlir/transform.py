@@ -2,8 +2,8 @@
 
 `build_script` replays a schedule (validating every action) and writes one
 ``transform.named_sequence @__transform_main``.  Each action writes its part
-through `ScriptBuilder`, and every transform op it writes carries a name
-location ``loc("operation_1: T(8,8,8)")``, so that an error MLIR reports on a
+(its `emit`) through `ScriptBuilder`'s primitives, and every transform op it
+writes carries a name location ``loc("operation_1: T(8,8,8)")``, so that an error MLIR reports on a
 transform op names the action that caused it.
 Ops are matched by their ``tag`` attribute, which tiling and peeling keep on
 every piece of an op.
@@ -11,13 +11,14 @@ every piece of an op.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
+from .actions import ANY, Action
 from .config import ActionConfig
+from .opstate import OpState
 from .program import Program
-from .schedule import Action, OpState, ProgramState, Schedule, T, V
-
-ANY = "!transform.any_op"
+from .program_state import ProgramState
+from .schedule import Schedule
 
 
 CLEANUP = "vector lowering / cleanup"
@@ -76,66 +77,6 @@ class ScriptBuilder:
         p = self.fresh("s")
         self.add(f'{p} = transform.param.constant "{value}" -> !transform.any_param')
         self.add(f'transform.annotate {handle} "{attr}" = {p} : {ANY}, !transform.any_param')
-
-    # --- what actions call ------------------------------------------------------------
-    def tile_for(self, s: OpState, a: T) -> None:
-        order = a.order(s)
-        peeled = False
-        for handle, piece in zip(self.pieces, s.pieces):
-            tiles = a.piece_tiles(s, piece)
-            dims = [d for d in order if tiles[d]]
-            if not dims:
-                continue
-            t, loops = self.fresh("t"), [self.fresh("l") for _ in dims]
-            inter = f" interchange = [{', '.join(map(str, order))}]" if list(order) != sorted(order) else ""
-            self.add(f"{t}, {', '.join(loops)} = transform.structured.tile_using_for {handle} tile_sizes "
-                     f"[{', '.join(map(str, tiles))}]{inter} : ({ANY}) -> ({', '.join([ANY] * (1 + len(dims)))})")
-            for d, loop in zip(dims, loops):
-                if s.iterator_types[d] == "reduction":
-                    self.annotate(loop, "rl_loop", f"{s.op.tag}.a{len(s.actions)}.d{d}")
-            for d, loop in reversed(list(zip(dims, loops))):  # innermost first: outer handles stay valid
-                if piece[d] % tiles[d]:
-                    c, main, rem = self.fresh("c"), self.fresh("pm"), self.fresh("pr")
-                    self.add(f'{c} = transform.cast {loop} : {ANY} to !transform.op<"scf.for">')
-                    self.add(f'{main}, {rem} = transform.loop.peel {c} {{fail_if_already_divisible = false}} : '
-                             f'(!transform.op<"scf.for">) -> ({ANY}, {ANY})')
-                    peeled = True
-        if peeled:
-            self.canonicalize()  # fold the peeled bounds so every piece has a static shape
-        n_after = sum(len(a.split(s, p)) for p in s.pieces)
-        self.pieces = self.split(self.match_tag(s.op.tag), n_after)
-
-    def tile_forall(self, s: OpState, sizes: Sequence[int], fuse: Optional[str]) -> None:
-        t, fa = self.fresh("t"), self.fresh("fa")
-        self.add(f"{t}, {fa} = transform.structured.tile_using_forall {self.pieces[0]} tile_sizes "
-                 f"[{', '.join(map(str, sizes))}] : ({ANY}) -> ({ANY}, {ANY})")
-        if fuse:
-            prod = self.match_tag(fuse)
-            fused, fa2 = self.fresh("fu"), self.fresh("fa")
-            self.add(f"{fused}, {fa2} = transform.structured.fuse_into_containing_op {prod} into {fa} : "
-                     f"({ANY}, {ANY}) -> ({ANY}, {ANY})")
-        self.pieces = [t]
-
-    def vectorize(self, s: OpState) -> None:
-        for h in self.pieces:
-            if V.needs_decompose(s):
-                d = self.fresh("d")
-                self.add(f"{d} = transform.structured.decompose {h} : ({ANY}) -> {ANY}")
-                h = d
-            self.add(f"transform.structured.vectorize {h} {{create_named_contraction}} : {ANY}")
-        self.vectorized = True
-        self.pieces = []
-
-    def im2col(self, s: OpState) -> None:
-        col, res, g = self.fresh("i"), self.fresh("i"), self.fresh("g")
-        self.add(f"{col}, {res} = transform.structured.convert_conv2d_to_img2col {self.pieces[0]} : "
-                 f"({ANY}) -> ({ANY}, {ANY})")
-        # The contraction to schedule is the producer of the trailing expand_shape,
-        # which inherited the conv's tag: move the tag to the contraction.
-        self.add(f"{g} = transform.get_producer_of_operand {res}[0] : ({ANY}) -> {ANY}")
-        self.annotate(res, "tag", f"{s.op.tag}.im2col_reshape")
-        self.annotate(g, "tag", s.op.tag)
-        self.pieces = [g]
 
     def unroll_later(self, loop_id: str, factor: int) -> None:
         self.unrolls.append((loop_id, factor))

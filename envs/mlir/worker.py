@@ -5,6 +5,9 @@ and every failure comes back to the parent as a status with MLIR's message.
 Workers stay alive between jobs (imports and set-up paid once).  A worker that
 passes its compile or run timeout is killed; one that dies (SIGSEGV, SIGABRT)
 is reported as ``crash`` with the signal.  Either way a fresh one replaces it.
+A Python exception other than MLIR's own failures (`StageError`) is a bug in
+this harness, not the schedule's doing: it comes back as ``internal_error``
+with its traceback.
 
 Workers are plain subprocesses (``python -m envs.mlir._workerproc``), not
 multiprocessing children, so that no user ``__main__`` is re-imported and the
@@ -22,17 +25,31 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from multiprocessing.connection import Connection
 from typing import Any, Dict
 
-# Statuses of a measurement; only OK counts as a speedup.
+# Statuses of a measurement: the one list (docs/MLIR_LAYER.md explains each).  Only OK
+# counts as a speedup; INTERNAL_ERROR is a bug of this harness (never cached, never the
+# schedule's fault); the others are the schedule's failures.
 OK = "ok"
 WRONG = "wrong_result"
 TRANSFORM_FAILED = "transform_failed"
 COMPILE_FAILED = "compile_failed"
 CRASH = "crash"
 TIMEOUT = "timeout"
-STATUSES = (OK, WRONG, TRANSFORM_FAILED, COMPILE_FAILED, CRASH, TIMEOUT)
+INTERNAL_ERROR = "internal_error"
+STATUSES = (OK, WRONG, TRANSFORM_FAILED, COMPILE_FAILED, CRASH, TIMEOUT, INTERNAL_ERROR)
+
+
+def internal_error(phase: str) -> Dict[str, Any]:
+    """The result for the exception being handled: a bug of the harness while `phase`."""
+    return {"status": INTERNAL_ERROR, "message": f"internal error while {phase}:\n{traceback.format_exc()}"}
+
+
+def _out_of_memory(phase: str) -> Dict[str, Any]:
+    # Under the worker's address-space limit: a blow-up, as when native code dies of it.
+    return {"status": CRASH, "message": f"out of memory (worker_memory_gb) while {phase}"}
 
 
 def _serve(conn, threads: int, memory_gb: float = 0.0) -> None:
@@ -63,12 +80,25 @@ def _measure(job: Dict[str, Any], conn, openmp) -> Dict[str, Any]:
         engine, ctx, compile_s, transform_s = cc.compile_program(
             job["program"], job["func"], job["inputs"], job["outputs"], job.get("script"),
             job.get("parallel", False), job.get("opt_level", 3), openmp)
-    except cc.StageError as e:
+    except cc.StageError as e:  # MLIR's own failures: the schedule's doing
         status = TRANSFORM_FAILED if e.stage == "transform" else COMPILE_FAILED
         return {"status": status, "message": e.message, "where": e.where}
-    except Exception as e:  # a binding error we did not foresee: still a status, never a dead worker
-        return {"status": COMPILE_FAILED, "message": f"{type(e).__name__}: {e}"}
+    except MemoryError:
+        return _out_of_memory("compiling")
+    except Exception:  # anything else is a bug of ours: still a status, never a dead worker
+        return internal_error("compiling")
     conn.send(("compiled", compile_s))
+    try:
+        return _time_and_check(job, cc, engine, compile_s, transform_s)
+    except MemoryError:
+        return _out_of_memory("running")
+    except Exception:  # make_inputs, Runner, compare: the harness, not the schedule
+        return internal_error("running")
+    finally:
+        del engine, ctx
+
+
+def _time_and_check(job: Dict[str, Any], cc, engine, compile_s: float, transform_s: float) -> Dict[str, Any]:
     runner = cc.Runner(engine, cc.make_inputs(job["inputs"], job.get("seed", 0)), job["outputs"])
     t_run = time.perf_counter()
     first = runner.run()  # warm-up; a sub-millisecond program is timed in batches of calls
@@ -88,7 +118,6 @@ def _measure(job: Dict[str, Any], conn, openmp) -> Dict[str, Any]:
             out["message"] = f"result differs from the untransformed program (max abs error {err:.3g})"
     if job.get("want_output"):
         out["outputs"] = [a.copy() for a in runner.outs]
-    del runner, engine, ctx
     return out
 
 
