@@ -54,7 +54,11 @@ def test_observation_layout(env):
     obs, info = env.reset(options={"benchmark": "resnet_18_fc_batch_8"})
     assert env.observation_space.contains(obs)
     L, C = env.cfg.features.max_loops, len(env.cfg.actions.tile_choices)
-    assert list(env.action_space.nvec) == [len(ACTIONS)] + [C] * L + [L, 3]
+    nvec = list(env.action_space.nvec)
+    assert nvec[0] == len(ACTIONS) and nvec[1:1 + L] == [C] * L  # transformation, then the tile slot
+    assert env.layout.slots["tile"] == slice(1, 1 + L) and nvec[env.layout.slots["pointer"].start] == L
+    assert nvec[env.layout.slots["unroll"].start] == 3 and len(nvec) == 1 + sum(
+        sl.stop - sl.start for sl in env.layout.slots.values())
     assert obs["op_features"].shape == (env.features.op_size,)
     assert obs["mask_T"].shape == (L * C,) and obs["mask_I"].shape == (L,)
     assert info["op"] == "operation_1" and info["status"] == "pending"  # the matmul: last op first

@@ -155,7 +155,10 @@ def test_distribution_matches_enumeration_of_every_action():
     gen = torch.Generator().manual_seed(0)
     spec, B = SMALL, 6
     vecs = _valid_vectors(spec)
-    assert len(vecs) == 1 + 3 * 9 + 2 + 2 + 1 + 1  # NT, T/TP/TF (3 choices x 2 loops), I, U, V, I2C
+    # per transformation, every combination of its heads' choices: T/TP/TF 3 choices x 2 loops, I 2, U 2, ...
+    assert len(vecs) == sum(math.prod(h["choices"] ** h["positions"] for h in spec["heads"] if h["transformation"] == t)
+                            for t in range(len(spec["transformations"])))
+    assert sum(1 for v in vecs if spec["transformations"][int(v[0])] == "T") == 9
     p_logits, _, mask = _random_masked_logits(spec, B, gen)
     _, q_raw, _ = _random_masked_logits(spec, B, gen)
     q_logits = torch.where(mask, q_raw, torch.full_like(q_raw, FLOAT_MIN))  # q masks what p masks

@@ -113,10 +113,15 @@ def test_exact_op_features_matmul_and_producer():
                                   (1, 0, 1, 0, 0, 0, 0))
     np.testing.assert_array_equal(lay.op_features(ps.current), tiled)
     h = lay.action_history(ps.current)
-    assert h.shape == (lay.history_size,) and lay.history_size == 6 * (len(ACTIONS) + 2 * 12 + 1)
+    blocks = lay.history_blocks  # tile sizes (12), interchange positions (12), unroll factor (1), ...
+    assert blocks["tile"] == slice(len(ACTIONS), len(ACTIONS) + 12) and blocks["interchange"].stop - \
+        blocks["interchange"].start == 12 and blocks["unroll"].stop - blocks["unroll"].start == 1
+    assert h.shape == (lay.history_size,) and lay.history_size == 6 * (len(ACTIONS) + sum(
+        b.stop - b.start for b in blocks.values()))
     assert h[ACTIONS.index(T)] == 1 and h[:len(ACTIONS)].sum() == 1
-    assert h[len(ACTIONS)] == pytest.approx(math.log2(9) / math.log2(65))
-    assert h[len(ACTIONS) + 1] == 0 and h[len(ACTIONS) + 2] == pytest.approx(math.log2(17) / math.log2(65))
+    tile = blocks["tile"].start
+    assert h[tile] == pytest.approx(math.log2(9) / math.log2(65))
+    assert h[tile + 1] == 0 and h[tile + 2] == pytest.approx(math.log2(17) / math.log2(65))
     assert not h[lay.step_size:].any()
 
 
