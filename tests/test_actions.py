@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from envs import ActionLayout
-from envs.mlir import (ACTIONS, ActionConfig, FeatureConfig, Program, ProgramState, Schedule, build_script,
-                       write_transformed)
+from envs.mlir import (ACTIONS, NT, TF, ActionConfig, FeatureConfig, FeatureLayout, Program, ProgramState, Schedule,
+                       build_script, write_transformed)
+from envs.mlir.actions.rewrite import P
 
 CASES = [
     # (program, schedule) -- together every action on several op families.
@@ -25,6 +26,8 @@ CASES = [
     ("elementwise", "operation_3: T(4,64) V; operation_2: TF(4,0) T(1,64) V; operation_0: T(1,64) V; "
                     "operation_1: T(2,64) V"),
     ("batch", "operation_1: TP(1,0,0,0) I(0,1,3,2) T(1,8,24,8) T(1,4,8,1) U(8) V; operation_3: T(8,0) T(4,1) U(2) V"),
+    ("matmul", "operation_1: P(8) T(6,1,4,0) V; operation_0: T(1,8) V"),
+    ("batch", "operation_1: P(8) TP(1,4,0,0,0) T(1,4,1,8,0) U(2) V"),
 ]
 
 
@@ -81,3 +84,40 @@ def test_random_masked_schedules_compile_and_are_correct(programs, measurer, nam
         build_script(p, s, cfg)
         m = measurer.measure(p, s)
         assert m.status == "ok", f"{s}: {m.status}: {m.message}"
+
+
+def test_pack_makes_panels_of_b_and_a_loop_for_them(programs, measurer, tmp_path):
+    """P(n): B of a contraction in panels of n columns; the op gains the panel loop."""
+    cfg = ActionConfig()
+    mm = ProgramState(programs["matmul"], cfg)  # C 24x40 = A 24x32 . B 32x40
+    s = mm.current
+    assert P.available(s, cfg) is None
+    assert P.head_masks(s, cfg, 12)[0].tolist() == [[c in (4, 8) for c in cfg.tile_choices]]  # divide 40
+    assert "dividing the packed loop's bound 40" in P(16).check(s, cfg)
+    s2 = mm.step(P(8))
+    assert s2.bounds == (24, 5, 32, 8) and s2.iterator_types == ("parallel", "parallel", "reduction", "parallel")
+    assert s2.loads == (((1, 0, 0, 0), (0, 0, 1, 0)), ((0, 1, 0, 0), (0, 0, 1, 0), (0, 0, 0, 1)))  # B[j, k, jj]
+    assert s2.stores == (((1, 0, 0, 0), (0, 1, 0, 0), (0, 0, 0, 1)),)  # C[i, j, jj]
+    assert "first action" in P.available(s2, cfg) and TF.available(s2, cfg) is not None
+    # Only contractions whose output's last loop B reads last, after a reduction.
+    for name, steps in (("conv", 1), ("elementwise", 0), ("pool", 0)):
+        ps = ProgramState(programs[name], cfg)
+        for _ in range(steps):
+            ps.step(NT())
+        assert "not a contraction" in P.available(ps.current, cfg)
+    bm = ProgramState(programs["batch"], cfg)
+    assert bm.current.op.name == "linalg.matvec" and "not a contraction" in P.available(bm.current, cfg)
+    bm.step(NT())
+    bm.step(NT())  # its fill
+    assert bm.current.op.name == "linalg.batch_matmul" and bm.step(P(8)).bounds == (2, 16, 3, 32, 8)
+    # Compiled and run: correct, and B really lives in panels.
+    schedule = Schedule.parse("operation_1: P(8) T(6,1,4,0) V")
+    r = measurer.evaluate(programs["matmul"], schedule)
+    assert r.measurement.status == "ok", r.measurement.message
+    write_transformed(programs["matmul"], build_script(programs["matmul"], schedule), str(tmp_path / "p.mlir"))
+    assert "tensor<5x32x8xf32>" in (tmp_path / "p.mlir").read_text()
+    # The agent can choose it: the env's layout has its head and its history block.
+    lay = ActionLayout(FeatureConfig(), cfg)
+    (vec,) = lay.encode(P(8))
+    assert lay.decode(vec, lay.masks(s), s) == P(8)
+    assert FeatureLayout(FeatureConfig(), cfg).action_history(s2)[ACTIONS.index(P)] == 1
