@@ -17,16 +17,21 @@ from .mlir import ACTIONS, Action, ProgramState
 @dataclass
 class SearchResult:
     benchmark: str
-    schedule: str  # the best schedule measured ("" if none ran correctly)
+    schedule: str  # the best schedule measured ("" if none beat the untransformed program)
     speedup: float  # its speedup (1.0: nothing beat the untransformed program)
     measurements: int
     best_so_far: List[float] = field(default_factory=list)  # after each measurement
+    trials: List[Tuple[str, float]] = field(default_factory=list)  # each measurement: schedule, speedup (0: failed)
+
+    def best_of(self, k: int) -> Tuple[str, float]:
+        """The best (schedule, speedup) among the first `k` measurements ("", 1.0: none beat the untransformed)."""
+        return max([("", 1.0)] + [t for t in self.trials[:k] if t[1] > 1.0], key=lambda t: t[1])
 
 
 def random_search(env, benchmark: str, budget: int, seed: int = 0) -> SearchResult:
     """Whole episodes of uniformly sampled valid actions (`sample_valid_action`)."""
     rng = np.random.default_rng(seed)
-    best, best_s, used, curve = "", 1.0, 0, []
+    best, best_s, used, curve, trials = "", 1.0, 0, [], []
     while used < budget:
         obs, _ = env.reset(options={"benchmark": benchmark})
         done = False
@@ -34,10 +39,11 @@ def random_search(env, benchmark: str, budget: int, seed: int = 0) -> SearchResu
             obs, _, done, _, info = env.step(env.sample_valid_action(obs, rng))
             if info["status"] != "pending":
                 used += 1
+                trials.append((info["schedule"], info["speedup"] or 0.0))
                 if info["speedup"] is not None and info["speedup"] > best_s:
                     best, best_s = info["schedule"], info["speedup"]
                 curve.append(best_s)
-    return SearchResult(benchmark, best, best_s, used, curve)
+    return SearchResult(benchmark, best, best_s, used, curve, trials)
 
 
 def greedy_search(env, benchmark: str, budget: int, candidates: int = 8, seed: int = 0) -> SearchResult:
@@ -50,7 +56,7 @@ def greedy_search(env, benchmark: str, budget: int, candidates: int = 8, seed: i
     layout, cfg = env.layout, env.cfg.actions
     base = env.measurer.baseline(program)
     ps = ProgramState(program, cfg)
-    best, best_s, used, curve = "", 1.0, 0, []
+    best, best_s, used, curve, trials = "", 1.0, 0, [], []
     while not ps.done and used < budget:
         s = ps.current
         options: List[Tuple[Action, ...]] = [(cls(),) for cls in ACTIONS if cls.ends_op and not cls.heads(
@@ -70,6 +76,7 @@ def greedy_search(env, benchmark: str, budget: int, candidates: int = 8, seed: i
             used += 1
             s_up = base.time_s / m.time_s if m.ok else 0.0
             scored.append((s_up, c))
+            trials.append((str(trial.schedule()), s_up))
             if s_up > best_s:
                 best, best_s = str(trial.schedule()), s_up
             curve.append(best_s)
@@ -78,4 +85,4 @@ def greedy_search(env, benchmark: str, budget: int, candidates: int = 8, seed: i
         _, pick = max(scored, key=lambda t: t[0])
         for a in pick:
             ps.step(a)
-    return SearchResult(benchmark, best, best_s, used, curve)
+    return SearchResult(benchmark, best, best_s, used, curve, trials)

@@ -188,10 +188,11 @@ def layer_rows(max_flops: int, max_elements: int) -> List[Dict]:
     return rows
 
 
-def imported_rows() -> List[Dict]:
-    """Whole blocks imported from PyTorch modules through torch-mlir's FX importer."""
+def imported_blocks() -> List[Tuple]:
+    """The PyTorch blocks the imported rows come from, built the same way every time
+    (seeded): (family, model, layer, module, input, FLOPs, split, how it was scaled).
+    The same modules are what PyTorch runs when the bench compares with it."""
     import torch
-    from torch_mlir import fx
 
     class BasicBlock(torch.nn.Module):
         """ResNet's basic block: conv-bn-relu-conv-bn, identity shortcut, relu."""
@@ -238,14 +239,22 @@ def imported_rows() -> List[Dict]:
         ("imported_attention_block", GPT2, "attention block", Attention(64, 4), torch.randn(32, 64),
          2 * 32 * 64 * 64 * 4 + 2 * 2 * 32 * 32 * 64, "eval", "768 -> 64, 12 -> 4 heads, sequence 32"),
     ]
-    rows = []
-    for family, model, layer, module, x, flops, split, scaled in blocks:
+    for _, _, _, module, *_ in blocks:
         module.eval()
         for m in module.modules():  # non-trivial batchnorm statistics
             if isinstance(m, torch.nn.BatchNorm2d):
                 with torch.no_grad():
                     m.running_mean.uniform_(-0.5, 0.5)
                     m.running_var.uniform_(0.5, 2.0)
+    return blocks
+
+
+def imported_rows() -> List[Dict]:
+    """Whole blocks imported from PyTorch modules through torch-mlir's FX importer."""
+    from torch_mlir import fx
+
+    rows = []
+    for family, model, layer, module, x, flops, split, scaled in imported_blocks():
         text = str(fx.export_and_import(module, x, output_type="linalg-on-tensors"))
         nbytes = 4 * (x.numel() + sum(p.numel() for p in module.parameters()) + x.numel())
         rows.append(dict(family=family, source_model=model, layer=layer, mlir=text, flops=flops, bytes=nbytes,

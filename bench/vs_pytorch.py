@@ -1,0 +1,239 @@
+"""The measuring stick: our code against PyTorch and the machine's FMA peak.
+
+For every benchmark of the eval split and every imported block: the same
+computation in PyTorch (`envs.suites.torch_twins`: built from the row's
+generator parameters, or the very nn.Module an imported block came from, run
+eagerly as a user runs it; its result checked against ours on the same
+inputs), timed in this run with the same threads as our code; the untransformed
+program; random search and greedy search (best of the first 8 and of all
+`--budget` measurements); and, with `--checkpoint`, the policy (its greedy
+episode, and the best of that and 7 sampled ones). Every method's winner is
+measured again from scratch (no cache) and checked; those times are the ones
+reported. Columns: GFLOP/s, the fraction of the FMA peak (measured here with
+an MLIR-generated FMA loop, `envs.mlir.peak`), the ratio to PyTorch (> 1:
+faster than PyTorch), geometric means per family and overall.
+
+    python bench/vs_pytorch.py                         # eval split + imported blocks, budget 256
+    python bench/vs_pytorch.py --budget 16 --only gpt_2_c_attn_projection
+    python bench/vs_pytorch.py --checkpoint DIR        # the policy's columns too
+
+Writes bench/results/vs_pytorch.json, vs_pytorch_ratio.png (ratio to PyTorch
+per benchmark and method) and vs_pytorch_budget.png (best-so-far ratio to
+PyTorch against measurements spent), and prints a table. Quiet machine
+advised: the searches and the timings share its cores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Dict, List
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+COMPUTE_BOUND = ("matmul", "matmul_bias_relu", "batch_matmul", "conv2d", "conv_bias_relu")
+"""Families whose target is PyTorch speed and 60% of the FMA peak (issue 9's measuring stick)."""
+
+
+def bench_rows(only: List[str]) -> List[Dict]:
+    """Eval-split rows and the imported blocks of every split."""
+    import pyarrow.parquet as pq
+    from envs.suites import suite_path
+    rows = pq.read_table(suite_path("eval")).to_pylist()
+    rows += [r for r in pq.read_table(suite_path("train")).to_pylist() if r["family"].startswith("imported_")]
+    if only:
+        missing = sorted(set(only) - {r["name"] for r in rows})
+        if missing:
+            raise SystemExit(f"no benchmark named {', '.join(missing)} in the eval split or the imported blocks")
+        rows = [r for r in rows if r["name"] in only]
+    return rows
+
+
+def policy_trials(env, checkpoint: str, name: str, samples: int) -> List:
+    """(schedule, speedup) of the policy's greedy episode, then of `samples - 1` sampled ones."""
+    from evaluate import load_module, policy_episode
+    module = load_module(checkpoint)
+    infos = [policy_episode(env, module, name, deterministic=True)]
+    infos += [policy_episode(env, module, name, deterministic=False, rng_seed=k) for k in range(samples - 1)]
+    return [(i["schedule"], i["speedup"] or 0.0) for i in infos]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--budget", type=int, default=256, help="measurements of random and of greedy search")
+    ap.add_argument("--threads", type=int, default=0, help="threads of our code and of PyTorch (default: CPUs)")
+    ap.add_argument("--checkpoint", default="", help="also the policy of this RLlib checkpoint")
+    ap.add_argument("--only", nargs="*", default=[], help="only these benchmarks")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache-dir", default="", help="time cache of the searches (default: the project's)")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "vs_pytorch.json"))
+    args = ap.parse_args()
+
+    from envs import MlirScheduleEnv, greedy_search, random_search
+    from envs.mlir import MeasureConfig, Measurer, Schedule
+    from envs.mlir.cache import default_cache_dir
+    from envs.mlir.compile import make_inputs
+    from envs.mlir.config import available_cpus
+    from envs.mlir.peak import fma_peak
+    from envs.suites import write_suite
+    from envs.suites.torch_twins import run_twin, time_torch, torch_twin
+    from rllib_models.callbacks import geomean
+
+    threads = args.threads or available_cpus()
+    rows = bench_rows(args.only)
+    peak = fma_peak(threads)
+    print(f"FMA peak: {peak['gflops']:.0f} GFLOP/s on {threads} thread(s) (vector<{peak['vector_width']}xf32>)",
+          flush=True)
+    methods = ["untransformed", "random_8", f"random_{args.budget}", "greedy_8", f"greedy_{args.budget}"]
+    if args.checkpoint:
+        methods = ["untransformed", "policy_1", "policy_8"] + methods[1:]
+    methods = list(dict.fromkeys(methods))  # --budget 8: one column each
+    tmp = tempfile.TemporaryDirectory()
+    suite = os.path.join(tmp.name, "bench.parquet")
+    write_suite(rows, suite)
+    env = MlirScheduleEnv({"suite": suite, "measure": {"threads": threads, "repetitions": 3,
+                                                       "cache_dir": args.cache_dir or default_cache_dir()}})
+    fresh = Measurer(MeasureConfig(threads=threads, repetitions=5))  # winners again, from scratch
+    out, curves = [], {}
+    t_start = time.time()
+    try:
+        for i, row in enumerate(rows):
+            name = row["name"]
+            program = env.load(name)
+            # PyTorch, on our inputs, checked against our untransformed result.
+            twin = torch_twin(row, make_inputs(program.inputs, fresh.cfg.seed))
+            ref = fresh._reference(program)
+            err = max(float(np.max(np.abs(a - b))) for a, b in zip(run_twin(twin), ref))
+            scale = max(float(np.max(np.abs(b))) for b in ref)
+            if err > 1e-3 * scale + 1e-5:
+                raise SystemExit(f"{name}: PyTorch's result differs from ours (max abs error {err:.3g}): "
+                                 f"the twin is not the same computation")
+            torch_s = time_torch(twin, threads)
+            trials = {"random": random_search(env, name, args.budget, args.seed),
+                      "greedy": greedy_search(env, name, args.budget, seed=args.seed)}
+            winners = {"untransformed": ""}
+            for m in ("random", "greedy"):
+                winners[f"{m}_8"] = trials[m].best_of(8)[0]
+                winners[f"{m}_{args.budget}"] = trials[m].best_of(args.budget)[0]
+            if args.checkpoint:
+                pol = policy_trials(env, args.checkpoint, name, 8)
+                winners["policy_1"] = pol[0][0] if pol[0][1] > 1.0 else ""
+                winners["policy_8"] = max([("", 1.0)] + [t for t in pol if t[1] > 1.0], key=lambda t: t[1])[0]
+            entry = {"name": name, "family": row["family"], "flops": row["flops"], "torch_s": torch_s,
+                     "torch_gflops": row["flops"] / torch_s / 1e9, "methods": {}}
+            base = fresh.baseline(program)
+            for m in methods:
+                sched = winners[m]
+                meas = base if not sched else fresh.evaluate(program, Schedule.parse(sched)).measurement
+                ok = meas.status == "ok"
+                entry["methods"][m] = {
+                    "schedule": sched or str(Schedule.empty(program)), "status": meas.status,
+                    "time_s": meas.time_s if ok else None,
+                    "gflops": row["flops"] / meas.time_s / 1e9 if ok else None,
+                    "peak_fraction": row["flops"] / meas.time_s / 1e9 / peak["gflops"] if ok else None,
+                    "vs_torch": torch_s / meas.time_s if ok else None}
+            # Best-so-far ratio to PyTorch against measurements (search-time figures, not re-measured).
+            search_base = env.measurer.baseline(program).time_s  # the searches' speedups are over this time
+            for m, r in trials.items():
+                curves.setdefault(m, []).append([s * torch_s / search_base for s in r.best_so_far])
+            out.append(entry)
+            r = entry["methods"]
+            print(f"[{i + 1}/{len(rows)}] {name:<42} torch {entry['torch_gflops']:7.1f} GFLOP/s  " +
+                  "  ".join(f"{m} x{r[m]['vs_torch']:.2f}" if r[m]["vs_torch"] else f"{m} {r[m]['status']}"
+                            for m in methods) + f"  ({time.time() - t_start:.0f} s)", flush=True)
+    finally:
+        env.close()
+        fresh.close()
+        tmp.cleanup()
+
+    summary = _summary(out, methods, geomean)
+    result = {"threads": threads, "fma_peak": peak, "budget": args.budget, "methods": methods, "rows": out,
+              "summary": summary, "curves": curves, "date": time.strftime("%Y-%m-%d %H:%M"),
+              "command": " ".join(["python", "bench/vs_pytorch.py"] + sys.argv[1:])}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    _table(result)
+    _plots(result, os.path.splitext(args.out)[0])
+    print(f"wrote {args.out} and its two PNG plots")
+    return 0
+
+
+def _summary(rows: List[Dict], methods: List[str], geomean) -> Dict:
+    """Geometric means of the ratio to PyTorch (and the mean peak fraction) per family group and method."""
+    groups = {"overall": rows, "compute-bound": [r for r in rows if r["family"] in COMPUTE_BOUND]}
+    for r in rows:
+        groups.setdefault(r["family"], []).append(r)
+    out = {}
+    for g, rs in groups.items():
+        out[g] = {"benchmarks": len(rs)}
+        for m in methods:
+            out[g][m] = {"vs_torch": geomean([r["methods"][m]["vs_torch"] for r in rs]),
+                         "peak_fraction": geomean([r["methods"][m]["peak_fraction"] for r in rs])}
+    return out
+
+
+def _table(result: Dict) -> None:
+    methods = result["methods"]
+    w = max(len(r["name"]) for r in result["rows"]) + 1
+    print(f"\nratio to PyTorch (> 1: faster), {result['threads']} thread(s); FMA peak "
+          f"{result['fma_peak']['gflops']:.0f} GFLOP/s")
+    print(f"{'benchmark':<{w}} {'torch GF/s':>10} " + " ".join(f"{m:>13}" for m in methods))
+    for r in result["rows"]:
+        cells = [f"x{r['methods'][m]['vs_torch']:.2f} {100 * r['methods'][m]['peak_fraction']:3.0f}%"
+                 if r["methods"][m]["vs_torch"] else r["methods"][m]["status"] for m in methods]
+        print(f"{r['name']:<{w}} {r['torch_gflops']:10.1f} " + " ".join(f"{c:>13}" for c in cells))
+    print("geometric means (ratio to PyTorch, fraction of the FMA peak):")
+    for g, s in result["summary"].items():
+        print(f"  {g + ' (' + str(s['benchmarks']) + ')':<{w - 2}} {'':>10} " + " ".join(
+            f"{'x%.2f %3.0f%%' % (s[m]['vs_torch'], 100 * s[m]['peak_fraction']):>13}" for m in methods))
+
+
+def _plots(result: Dict, stem: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows, methods = result["rows"], result["methods"]
+    fig, ax = plt.subplots(figsize=(max(8, 0.7 * len(rows)), 5))
+    width = 0.8 / len(methods)
+    for j, m in enumerate(methods):
+        ys = [r["methods"][m]["vs_torch"] or np.nan for r in rows]
+        ax.bar(np.arange(len(rows)) + j * width, ys, width, label=m)
+    ax.axhline(1.0, color="black", lw=1)
+    ax.set_yscale("log")
+    ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2)
+    ax.set_xticklabels([r["name"] for r in rows], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("ratio to PyTorch (> 1: faster)")
+    ax.set_title(f"our code / PyTorch, {result['threads']} thread(s), winners re-measured")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(stem + "_ratio.png", dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for m, per_bench in result["curves"].items():
+        n = min(len(c) for c in per_bench)
+        if not n:
+            continue
+        arr = np.array([c[:n] for c in per_bench], float)
+        ax.plot(np.arange(1, n + 1), np.exp(np.log(np.maximum(arr, 1e-9)).mean(0)), label=m)
+    ax.axhline(1.0, color="black", lw=1)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("measurements spent")
+    ax.set_ylabel("best so far: ratio to PyTorch (geomean)")
+    ax.set_title("search budget")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(stem + "_budget.png", dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
