@@ -3,6 +3,7 @@
     python evaluate.py --checkpoint DIR                              # the eval split
     python evaluate.py --checkpoint DIR --benchmarks SUITE.parquet   # another suite
     python evaluate.py --checkpoint DIR --mlir FILE.mlir -o OUT.mlir # one program; writes it transformed
+    python evaluate.py --checkpoint DIR --mlir mm.mlir --torch mymodel:model  # and its ratio to PyTorch
 
 For each benchmark the policy schedules greedily (plus `--samples - 1`
 sampled episodes; the best measured schedule is kept), the chosen schedule is
@@ -23,6 +24,22 @@ from typing import Dict, List, Optional
 
 from rllib_models.callbacks import geomean
 
+
+
+def training_threads(checkpoint: str):
+    """(threads, where from): the timing threads of the run that wrote `checkpoint`
+    (its env_config.json, a few folders up), else the CPUs this process may use."""
+    import json
+    from envs.mlir.config import available_cpus
+    from tune_run import ENV_CONFIG_FILE
+    d = os.path.abspath(checkpoint)
+    for _ in range(4):
+        path = os.path.join(d, ENV_CONFIG_FILE)
+        if os.path.exists(path):
+            with open(path) as f:
+                return int(json.load(f)["measure"]["threads"]), f"as in training, {path}"
+        d = os.path.dirname(d)
+    return available_cpus(), "the CPUs available; no training config found beside the checkpoint"
 
 
 def load_module(checkpoint: str):
@@ -62,7 +79,7 @@ def policy_episode(env, module, benchmark: str, deterministic: bool, rng_seed: O
 
 def evaluate_checkpoint(checkpoint: str, split: str = "eval", suite: str = "", benchmarks: Optional[List[str]] = None,
                         samples: int = 4, env_overrides: Optional[Dict] = None, out: str = "",
-                        mlir_file: str = "", output_mlir: str = "", seed: int = 0) -> List[Dict]:
+                        mlir_file: str = "", output_mlir: str = "", seed: int = 0, torch_ref: str = "") -> List[Dict]:
     from envs import MlirScheduleEnv, greedy_search, random_search
     from envs.mlir import Measurer, Program, Schedule, build_script, write_transformed
     from envs.suites import write_suite
@@ -97,11 +114,14 @@ def evaluate_checkpoint(checkpoint: str, split: str = "eval", suite: str = "", b
             schedule = Schedule.parse(best["schedule"])
             r = fresh.evaluate(program, schedule)  # re-measured from scratch, and checked
             m = r.measurement
-            rand = random_search(env, name, samples, seed)
-            greedy = greedy_search(env, name, samples, seed=seed)
+            # The baselines' winners are measured again from scratch too (their search-time figures are luck).
+            rand = _remeasure(fresh, program, random_search(env, name, samples, seed).schedule)
+            greedy = _remeasure(fresh, program, greedy_search(env, name, samples, seed=seed).schedule)
             rows.append(dict(name=name, schedule=str(schedule.for_program(program)), baseline_s=r.baseline.time_s,
                              scheduled_s=m.time_s, speedup=r.speedup, correct=m.status == "ok", status=m.status,
-                             random_speedup=rand.speedup, greedy_speedup=greedy.speedup))
+                             random_speedup=rand, greedy_speedup=greedy))
+            if torch_ref and mlir_file:
+                rows[-1].update(_vs_torch(torch_ref, program, m, fresh))
             if output_mlir and mlir_file:
                 script = build_script(program, schedule, env.cfg.actions)
                 if script is not None:
@@ -117,6 +137,61 @@ def evaluate_checkpoint(checkpoint: str, split: str = "eval", suite: str = "", b
         _write(rows, out)
         print(f"wrote {out}")
     return rows
+
+
+def _remeasure(fresh, program, schedule: str) -> float:
+    """The speedup of a search's winner measured again (1.0: it had none; 0.0: it failed now)."""
+    from envs.mlir import Schedule
+    if not schedule:
+        return 1.0
+    return fresh.evaluate(program, Schedule.parse(schedule)).speedup or 0.0
+
+
+def load_torch_callable(spec: str):
+    """``module:name`` -> the object `name` of module `module` (a function or an nn.Module instance
+    called with the program's inputs, as torch tensors in argument order)."""
+    import importlib
+    if ":" not in spec:
+        raise ValueError(f"--torch {spec}: expected module:name, e.g. mymodel:model")
+    mod, attr = spec.split(":", 1)
+    sys.path.insert(0, os.getcwd())
+    try:
+        obj = getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"--torch {spec}: {e}") from None
+    if not callable(obj):
+        raise ValueError(f"--torch {spec}: {attr} is not callable")
+    return obj
+
+
+def _vs_torch(spec: str, program, m, measurer) -> Dict:
+    """PyTorch's time for the user's own program, on our inputs, and our ratio to it."""
+    import numpy as np
+    import torch
+    from envs.mlir.compile import make_inputs
+    from envs.suites.torch_twins import TorchTwin, run_twin, time_torch
+    cfg = measurer.cfg
+    fn = load_torch_callable(spec)
+    if isinstance(fn, torch.nn.Module):
+        fn.eval()
+    twin = TorchTwin(fn, tuple(torch.from_numpy(x) for x in make_inputs(program.inputs, cfg.seed)),
+                     lambda y: [t.contiguous().numpy() for t in (y if isinstance(y, (tuple, list)) else (y,))])
+    outs = run_twin(twin)
+    shapes_ok = [tuple(o.shape) for o in outs] == [tuple(t.shape) for t in program.outputs]
+    torch_s = time_torch(twin, cfg.threads)
+    ratio = torch_s / m.time_s if m.ok and m.time_s else None
+    print(f"PyTorch ({spec}): {torch_s * 1e3:.3f} ms on {cfg.threads} thread(s); the policy's code: "
+          + (f"{m.time_s * 1e3:.3f} ms, ratio to PyTorch x{ratio:.2f} (> 1: faster)" if ratio else m.status))
+    if not shapes_ok:
+        print(f"warning: PyTorch returns shapes {[o.shape for o in outs]}, the program "
+              f"{[t.shape for t in program.outputs]}: not the same computation?", file=sys.stderr)
+    else:
+        ref = measurer._reference(program)  # the untransformed program's outputs on the same inputs
+        err = max(float(np.max(np.abs(a - b))) for a, b in zip(outs, ref))
+        if err > cfg.rtol * max(float(np.max(np.abs(b))) for b in ref) + cfg.atol:
+            print(f"warning: PyTorch's result differs from the program's (max abs error {err:.3g}): "
+                  f"not the same computation?", file=sys.stderr)
+    return {"torch_s": torch_s, "vs_torch": ratio}
 
 
 def _print_table(rows: List[Dict], samples: int) -> None:
@@ -152,18 +227,29 @@ def main(argv=None) -> int:
     ap.add_argument("--mlir", default="", help="one .mlir program instead of a suite")
     ap.add_argument("--only", nargs="*", help="only these benchmark names")
     ap.add_argument("--samples", type=int, default=4, help="measurements per benchmark and method (default 4)")
-    ap.add_argument("--threads", type=int, help="MLIR threads (default: the CPUs available)")
+    ap.add_argument("--threads", type=int, help="timing threads (default: those the checkpoint's run trained with, "
+                                                "else the CPUs available)")
     ap.add_argument("--out", default="evaluation.csv", help="results file (.csv or .parquet)")
     ap.add_argument("-o", "--output-mlir", default="", help="with --mlir: write the transformed module here")
+    ap.add_argument("--torch", default="", metavar="MODULE:NAME",
+                    help="with --mlir: the same computation in PyTorch (a function or nn.Module called with the "
+                         "program's inputs); prints our ratio to it")
     args = ap.parse_args(argv)
     from envs.mlir import MlirInputError
     from envs.suites import SuiteError
-    overrides = {"measure": {"threads": args.threads}} if args.threads else {}
+    threads, where = args.threads, "--threads"
+    if not threads:
+        threads, where = training_threads(args.checkpoint)
+    print(f"timing threads: {threads} ({where})")
+    overrides = {"measure": {"threads": threads}}
     try:
         if args.samples < 1:
             raise ValueError("--samples must be >= 1")
+        if args.torch and not args.mlir:
+            raise ValueError("--torch goes with --mlir (the suites' own PyTorch twins: bench/vs_pytorch.py)")
         evaluate_checkpoint(args.checkpoint, suite=args.benchmarks, benchmarks=args.only, samples=args.samples,
-                            env_overrides=overrides, out=args.out, mlir_file=args.mlir, output_mlir=args.output_mlir)
+                            env_overrides=overrides, out=args.out, mlir_file=args.mlir, output_mlir=args.output_mlir,
+                            torch_ref=args.torch)
     except (MlirInputError, SuiteError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

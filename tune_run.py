@@ -61,13 +61,20 @@ def _search_space(value):
     return value
 
 
+def timing_threads(cfg: Dict[str, Any]) -> int:
+    """The one timing target: ``env.measure.threads``, used by training and by the
+    evaluation alike (older configs: an env runner's CPUs)."""
+    measure = cfg["env"].get("measure") or {}
+    return int(measure.get("threads") or cfg["resources"].get("num_cpus_per_env_runner", 1))
+
+
 def env_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """The env section, with the MLIR threads set to an env runner's CPUs."""
+    """The env section, with the timing threads and the cache folder resolved."""
     from envs import EnvConfig
     from envs.mlir.cache import default_cache_dir
     env = copy.deepcopy(cfg["env"])
     measure = env.setdefault("measure", {})
-    measure.setdefault("threads", int(cfg["resources"].get("num_cpus_per_env_runner", 1)))
+    measure["threads"] = timing_threads(cfg)
     measure["cache_dir"] = os.path.expanduser(measure.get("cache_dir") or default_cache_dir())
     try:
         EnvConfig.coerce(env)  # validate now, naming the setting, not inside a remote actor
@@ -83,6 +90,54 @@ def module_config(cfg: Dict[str, Any], env: Dict[str, Any]) -> Dict[str, Any]:
     return {**cfg["model"], "action_layout": ActionLayout(ec.features, ec.actions).spec()}
 
 
+VAL_METRIC = "mlir/val_speedup_geomean"
+"""What "best checkpoint" means when a run validates: the greedy policy's geometric-mean
+speedup on held-out training programs (never the eval split)."""
+
+
+def validation(cfg: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """``run.validate`` ({benchmarks: [...], every: N}), checked: training-suite programs
+    the run does not train on, none of the eval split."""
+    val = cfg["run"].get("validate")
+    if not val:
+        return None
+    from envs.suites import load_suite, suite_path
+    names = list(val.get("benchmarks") or [])
+    where = f"{cfg['_path']}: run.validate"
+    if not names:
+        raise ConfigError(f"{where}.benchmarks: name the held-out training programs to validate on")
+    if cfg["env"].get("suite") or cfg["env"].get("split", "train") != "train":
+        raise ConfigError(f"{where}: validation is defined on the shipped train split only")
+    train = {b.name for b in load_suite(suite_path("train"))}
+    evals = {b.name for b in load_suite(suite_path("eval"))}
+    for n in names:
+        if n in evals:
+            raise ConfigError(f"{where}: {n} is in the eval split, which is for evaluation only")
+        if n not in train:
+            raise ConfigError(f"{where}: no training program named {n}")
+        if n in (cfg["env"].get("benchmarks") or ()):
+            raise ConfigError(f"{where}: {n} is also trained on; validation programs must be held out")
+    return {"benchmarks": names, "every": int(val.get("every", 5))}
+
+
+ENV_CONFIG_FILE = "env_config.json"
+"""Written beside a run's results: the env settings it trained with (evaluate.py reads its timing threads)."""
+
+
+def save_env_config(exp_dir: str, env: Dict[str, Any]) -> None:
+    import json
+    os.makedirs(exp_dir, exist_ok=True)
+    with open(os.path.join(exp_dir, ENV_CONFIG_FILE), "w") as f:
+        json.dump(env, f, indent=1)
+
+
+def _local(env: Dict[str, Any]) -> Dict[str, Any]:
+    """The env settings for this process alone: the cluster's cache actor is gone after training."""
+    env = copy.deepcopy(env)
+    env.get("measure", {}).pop("shared_cache", None)
+    return env
+
+
 def build_algo_config(cfg: Dict[str, Any]):
     """The PPOConfig of a run configuration."""
     from ray.rllib.algorithms.ppo import PPOConfig
@@ -95,17 +150,32 @@ def build_algo_config(cfg: Dict[str, Any]):
     res = cfg["resources"]
     ppo = {k: _search_space(v) for k, v in cfg["ppo"].items()}
     env = env_config(cfg)
+    threads = env["measure"]["threads"]
+    runners = int(res.get("num_env_runners", 1))
+    runner_cpus = int(res.get("num_cpus_per_env_runner", threads))
+    if runners and runner_cpus < threads:
+        raise ConfigError(f"{cfg['_path']}: resources.num_cpus_per_env_runner = {runner_cpus} is less than the "
+                          f"{threads} timing threads (env.measure.threads): an env runner must reserve the CPUs "
+                          f"it times on")
     config = (
         PPOConfig()
         .environment(MlirScheduleEnv, env_config=env)
         .framework("torch")
-        .env_runners(num_env_runners=int(res.get("num_env_runners", 1)),
-                     num_cpus_per_env_runner=int(res.get("num_cpus_per_env_runner", 1)),
+        .env_runners(num_env_runners=runners, num_cpus_per_env_runner=runner_cpus,
                      rollout_fragment_length="auto", sample_timeout_s=600)
         .learners(num_learners=0, num_gpus_per_learner=float(res.get("num_gpus_per_learner", 0)))
         .rl_module(rl_module_spec=RLModuleSpec(module_class=MlirPolicyModule, model_config=module_config(cfg, env)))
         .callbacks(SchedulingMetrics)
     )
+    val = validation(cfg)
+    if val:  # greedy episodes on held-out training programs, each once, between training iterations
+        config.evaluation(evaluation_interval=val["every"], evaluation_duration=len(val["benchmarks"]),
+                          evaluation_duration_unit="episodes", evaluation_num_env_runners=0,
+                          evaluation_config=PPOConfig.overrides(
+                              env_config={**env, "benchmarks": list(val["benchmarks"]), "cycle_benchmarks": True},
+                              explore=False))
+    if not runners:  # sampling (and so timing) in the algorithm's own process: it reserves the CPUs
+        config.resources(num_cpus_for_main_process=max(1, threads))
     if res.get("custom_resources_per_learner"):
         # The learner lives in the algorithm's own process (num_learners=0): its bundle carries them.
         # This is how placement on the GPU node is tested without a GPU (a stand-in resource).
@@ -133,9 +203,25 @@ def dry_run(cfg: Dict[str, Any]) -> None:
     for part, n in module.parameter_counts().items():
         print(f"  {part:<14} {n:>12,d} parameters")
     print(f"learner:    1 x ({res.get('num_gpus_per_learner', 0)} GPU, 1 CPU)")
-    print(f"env runners: {res.get('num_env_runners', 1)} x ({res.get('num_cpus_per_env_runner', 1)} CPU, "
-          f"MLIR threads {config.env_config['measure']['threads']})")
+    threads = config.env_config["measure"]["threads"]
+    if config.num_env_runners:
+        print(f"env runners: {config.num_env_runners} x ({config.num_cpus_per_env_runner} CPU, "
+              f"timing threads {threads})")
+    else:
+        print(f"env runners: none (sampling in the algorithm's process, {config.num_cpus_for_main_process} CPU, "
+              f"timing threads {threads})")
     print(f"benchmarks: {len(env.names)} of the {config.env_config.get('split', 'train')} split")
+
+
+def check_cpus(config) -> None:
+    """A process that reserves more CPUs than any node has would wait forever: say so now."""
+    import ray
+    need = config.num_cpus_per_env_runner if config.num_env_runners else config.num_cpus_for_main_process
+    have = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+    if need > have:
+        raise ConfigError(f"the timing threads (env.measure.threads = {config.env_config['measure']['threads']}) "
+                          f"need {need} CPU(s) in one process, but the largest node has {have:g}; lower "
+                          f"env.measure.threads")
 
 
 def check_gpus(cfg: Dict[str, Any], address: Optional[str]) -> None:
@@ -149,6 +235,24 @@ def check_gpus(cfg: Dict[str, Any], address: Optional[str]) -> None:
         where = f"the cluster at {address}" if address else "this machine"
         raise ConfigError(f"resources.num_gpus_per_learner = {want:g}, but {where} has {have:g} GPU(s); "
                           "set it to 0 (or --gpus-per-learner 0) to learn on a CPU")
+
+
+def best_checkpoint(results, validated: bool) -> Optional[str]:
+    """The best checkpoint by the validation metric when the run validates, else the latest one (said so)."""
+    done = [r for r in results if r.checkpoint is not None]
+    if not done:
+        return None
+    if validated:
+        try:
+            ckpt = results.get_best_result(VAL_METRIC, "max", scope="all").get_best_checkpoint(VAL_METRIC, "max")
+        except (RuntimeError, KeyError, ValueError):  # no result carries the metric yet
+            ckpt = None
+        if ckpt is not None:
+            print(f"best checkpoint (by {VAL_METRIC}): {ckpt.path}")
+            return ckpt.path
+    latest = done[0].checkpoint.path
+    print(f"latest checkpoint (no validation configured: run.validate): {latest}")
+    return latest
 
 
 def _progress_callback():
@@ -173,6 +277,7 @@ def _progress_callback():
             print(f"[{trial.trial_id}] iter {result.get('training_iteration', 0):>3}  env steps {int(steps or 0):>6}  "
                   f"episodes {int(m.get('episodes', 0)):>4}  speedup x{m.get('speedup_geomean', math.nan):6.2f} "
                   f"(geomean)  best x{m.get('best_speedup_geomean', math.nan):6.2f}  "
+                  + (f"val x{m['val_speedup_geomean']:5.2f}  " if "val_speedup_geomean" in m else "") +
                   f"cache hits {100 * m.get('cache_hit_rate', 0.0):5.1f}%  failures {int(fails):>3}  "
                   f"{result.get('time_this_iter_s', 0.0):6.1f} s", flush=True)
 
@@ -250,6 +355,7 @@ def train(cfg: Dict[str, Any], args) -> int:
             ctx = ray.init(address="local", num_cpus=available_cpus(), include_dashboard=False)
     try:
         check_gpus(cfg, args.address)
+        check_cpus(build_algo_config(cfg))
         if run.get("shared_cache"):
             from envs.mlir.shared_cache import ACTOR_NAME, start_server
             folder = env_config(cfg)["measure"]["cache_dir"]
@@ -261,13 +367,16 @@ def train(cfg: Dict[str, Any], args) -> int:
         print(f"Ray dashboard: {'http://' + url if url and not url.startswith('http') else url or 'not running'}")
         exp_dir = os.path.join(run["results_dir"], run["name"])
         print(f"results: {exp_dir}  (tensorboard --logdir {exp_dir})")
+        save_env_config(exp_dir, config.env_config)
         stop = {"training_iteration": int(run.get("stop_iters", 20))}
         if run.get("stop_time_s"):
             stop["time_total_s"] = float(run["stop_time_s"])
         run_config = tune.RunConfig(
             name=run["name"], storage_path=run["results_dir"], stop=stop, verbose=0,
-            checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=int(run.get("checkpoint_every", 5)),
-                                                    checkpoint_at_end=True, num_to_keep=3),
+            checkpoint_config=tune.CheckpointConfig(
+                checkpoint_frequency=int(run.get("checkpoint_every", 5)), checkpoint_at_end=True, num_to_keep=3,
+                **({"checkpoint_score_attribute": VAL_METRIC, "checkpoint_score_order": "max"}
+                   if validation(cfg) else {})),
             callbacks=[_progress_callback()])
         if args.resume:
             if not tune.Tuner.can_restore(exp_dir):
@@ -279,13 +388,12 @@ def train(cfg: Dict[str, Any], args) -> int:
             tuner = tune.Tuner(PPO, param_space=config, run_config=run_config)
         results = tuner.fit()
         errors = [r.error for r in results if r.error]
-        best = results.get_best_result(metric="mlir/best_speedup_geomean", mode="max") if len(results) else None
         if errors:
             print(f"error: {len(errors)} trial(s) failed: {errors[0]}", file=sys.stderr)
-        if best is None or best.checkpoint is None:
+        checkpoint = best_checkpoint(results, validation(cfg) is not None)
+        if checkpoint is None:
             print("error: no checkpoint was written", file=sys.stderr)
             return 1
-        print(f"best checkpoint: {best.checkpoint.path}")
     finally:
         if run.get("shared_cache"):
             from envs.mlir.shared_cache import stop_server
@@ -294,8 +402,8 @@ def train(cfg: Dict[str, Any], args) -> int:
     if not args.no_eval:
         from evaluate import evaluate_checkpoint
         ev = dict(run.get("evaluate") or {})
-        evaluate_checkpoint(best.checkpoint.path, split=ev.get("split", "eval"), benchmarks=ev.get("benchmarks"),
-                            samples=int(ev.get("samples", 4)), env_overrides=cfg["env"],
+        evaluate_checkpoint(checkpoint, split=ev.get("split", "eval"), benchmarks=ev.get("benchmarks"),
+                            samples=int(ev.get("samples", 4)), env_overrides=_local(config.env_config),
                             out=os.path.join(exp_dir, "evaluation.csv"))
     return 1 if errors else 0
 

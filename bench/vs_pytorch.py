@@ -115,7 +115,9 @@ def main() -> int:
             if err > 1e-3 * scale + 1e-5:
                 raise SystemExit(f"{name}: PyTorch's result differs from ours (max abs error {err:.3g}): "
                                  f"the twin is not the same computation")
+            time.sleep(0.5)  # OpenMP threads of our workers spin a while after a parallel run: let them sleep
             torch_s = time_torch(twin, threads)
+            time.sleep(0.5)  # and PyTorch's own
             trials = {"random": random_search(env, name, args.budget, args.seed),
                       "greedy": greedy_search(env, name, args.budget, seed=args.seed)}
             winners = {"untransformed": ""}

@@ -30,6 +30,9 @@ class EnvConfig:
     """Which shipped split to use when `suite` is empty (train / eval)."""
     benchmarks: Tuple[str, ...] = ()
     """Only these benchmarks of the suite (empty: all)."""
+    cycle_benchmarks: bool = False
+    """A reset without a benchmark option takes the benchmarks in turn (validation runs:
+    each once), instead of one at random."""
     reward: str = "final"
     """'final': log speedup at the end of the episode; 'per_op': its increase after each op."""
     penalties: Mapping[str, float] = field(default_factory=_default_penalties)

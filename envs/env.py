@@ -80,6 +80,7 @@ class MlirScheduleEnv(gym.Env):
         self.program: Optional[Program] = None
         self.ps: Optional[ProgramState] = None
         self._pending: Optional[Pending] = None
+        self._turn = 0  # the next benchmark with cycle_benchmarks
         self._baseline = None
         self._log_speedup = 0.0
 
@@ -87,7 +88,10 @@ class MlirScheduleEnv(gym.Env):
     def reset(self, *, seed: Optional[int] = None, options: Optional[Dict] = None):
         super().reset(seed=seed)
         name = (options or {}).get("benchmark")
-        if name is None:
+        if name is None and self.cfg.cycle_benchmarks:
+            name = self.names[self._turn % len(self.names)]
+            self._turn += 1
+        elif name is None:
             name = self.names[int(self.np_random.integers(len(self.names)))]
         self.program = self.load(name)
         self.ps = ProgramState(self.program, self.cfg.actions)

@@ -4,7 +4,11 @@ Per episode (on the env runners): its log speedup, status, cache hit, compile
 and run seconds, and the best speedup per benchmark in the iteration. Per
 iteration (on the driver, `on_train_result`): the geometric-mean speedup of
 the iteration's correct episodes, failures by status, cache hit rate, and the
-best speedup per benchmark so far, under ``result["mlir"]``, and as Ray metrics
+best speedup per benchmark so far, and, when the run validates (RLlib's
+evaluation of the greedy policy on held-out training programs), the validation
+speedups and their geometric mean ``val_speedup_geomean`` (a failed
+measurement scores x0.1; the last value is carried to the iterations between
+validations), under ``result["mlir"]``, and as Ray metrics
 (``mlir_rl_speedup_geomean``, ``mlir_rl_best_speedup_geomean``, ``mlir_rl_cache_hit_rate``,
 ``mlir_rl_failures``) for the dashboard.
 """
@@ -22,6 +26,10 @@ def geomean(xs: Iterable[float]) -> float:
     return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
 
 
+FAILED_SCORE = 0.1
+"""The validation score of a failed measurement: worse than the untransformed program (x1)."""
+
+
 def _num(x) -> float:
     """A reduced metric as a number: absent or NaN (a key with no value this iteration) is 0."""
     try:
@@ -35,6 +43,8 @@ class SchedulingMetrics(RLlibCallback):
     def __init__(self):
         super().__init__()
         self.best: Dict[str, float] = {}
+        self.validation: Dict[str, float] = {}
+        self.validated_at = 0
         self._gauges = None
 
     def _export(self, summary: Dict) -> None:
@@ -67,6 +77,9 @@ class SchedulingMetrics(RLlibCallback):
         if info["status"] == "ok" and info.get("speedup"):
             log(("mlir", "log_speedup_sum"), math.log(info["speedup"]), reduce="sum")
             log(("mlir", "speedup_max", info["benchmark"]), float(info["speedup"]), reduce="max")
+        # Per benchmark, what validation scores: the speedup, a failure as FAILED_SCORE.
+        ok = info["status"] == "ok" and info.get("speedup")
+        log(("mlir", "score", info["benchmark"]), float(info["speedup"]) if ok else FAILED_SCORE, reduce="max")
 
     def on_train_result(self, *, algorithm=None, metrics_logger=None, result=None, **kwargs):
         m = (result.get("env_runners") or {}).get("mlir") or {}
@@ -86,5 +99,15 @@ class SchedulingMetrics(RLlibCallback):
             "cache_hit_rate": _num(m.get("cache_hits")) / episodes if episodes else float("nan"),
             "compile_s": _num(m.get("compile_s")), "run_s": _num(m.get("run_s")),
         }
+        # Validation (RLlib's evaluation on held-out training programs, greedy): its last value is
+        # carried between validations, so that every result (and checkpoint) has one.
+        scores = (((result.get("evaluation") or {}).get("env_runners") or {}).get("mlir") or {}).get("score")
+        if scores:
+            self.validation = {b: _num(v) for b, v in scores.items()}
+            self.validated_at = result.get("training_iteration", 0)
+        if self.validation:
+            summary["val_speedup"] = dict(self.validation)
+            summary["val_speedup_geomean"] = geomean(self.validation.values())
+            summary["val_iteration"] = self.validated_at
         result["mlir"] = summary
         self._export(summary)

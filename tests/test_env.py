@@ -180,6 +180,14 @@ def test_masked_action_is_a_clear_error(env):
         env.step(vec)
 
 
+def test_cycle_benchmarks_takes_each_in_turn(tmp_path):
+    names = ["resnet_18_layer1_residual_add", "resnet_18_fc_batch_8", "bert_base_ffn_relu"]
+    e = MlirScheduleEnv(_cfg(tmp_path, benchmarks=names, cycle_benchmarks=True))
+    picks = [e.reset(seed=3)[1]["benchmark"] for _ in range(6)]
+    e.close()
+    assert picks == sorted(names) * 2
+
+
 def test_seeded_reset_is_reproducible(env):
     picks = [env.reset(seed=s)[1]["benchmark"] for s in (1, 2, 3, 1, 2, 3)]
     assert picks[:3] == picks[3:]

@@ -1,6 +1,7 @@
 """Encoders, the masked hierarchical distribution, the RLModule, tune_run.py and evaluate.py."""
 import csv
 import itertools
+import json
 import math
 import os
 import subprocess
@@ -273,7 +274,10 @@ def test_every_run_config_builds(name):
     import tune_run
     cfg = tune_run.load_config(os.path.join(ROOT, "tune_configs", name))
     config = tune_run.build_algo_config(cfg)
-    assert config.env_config["measure"]["threads"] == cfg["resources"]["num_cpus_per_env_runner"]
+    threads = config.env_config["measure"]["threads"]
+    assert threads == tune_run.timing_threads(cfg) == cfg["env"]["measure"]["threads"]  # set once, in the YAML
+    # whoever samples (and so times) reserves the CPUs it times on
+    assert (config.num_cpus_per_env_runner if config.num_env_runners else config.num_cpus_for_main_process) >= threads
     assert config.lr == cfg["ppo"]["lr"]
     r = subprocess.run([sys.executable, "tune_run.py", "--config", os.path.join("tune_configs", name), "--dry-run"],
                        capture_output=True, text=True, timeout=300, cwd=ROOT)
@@ -317,6 +321,11 @@ def test_smoke_training_run_leaves_a_checkpoint_and_an_evaluation(smoke_run):
     assert "Ray dashboard:" in r.stdout and "results:" in r.stdout
     lines = [x for x in r.stdout.splitlines() if " iter " in x]
     assert len(lines) == 2 and "speedup x" in lines[0] and "cache hits" in lines[0]
+    # Validated after each iteration on a held-out training program; the best checkpoint is chosen by it.
+    assert all(" val x" in x for x in lines), lines
+    assert "best checkpoint (by mlir/val_speedup_geomean):" in r.stdout
+    saved = json.load(open(out / "results" / "smoke" / "env_config.json"))
+    assert saved["measure"]["threads"] == 1  # what evaluate.py times with by default
     ckpts = [d for root, dirs, _ in os.walk(out / "results") for d in dirs if d.startswith("checkpoint_")]
     assert ckpts
     rows = list(csv.DictReader(open(out / "results" / "smoke" / "evaluation.csv")))
@@ -341,11 +350,14 @@ def test_evaluate_on_the_checkpoint(smoke_run, tmp_path):
     mlir = tmp_path / "mm.mlir"
     from conftest import MATMUL
     mlir.write_text(MATMUL)
-    r = subprocess.run([sys.executable, "evaluate.py", "--checkpoint", ckpt, "--mlir", str(mlir), "--samples", "1",
-                        "--threads", "1", "--out", str(tmp_path / "one.csv"), "-o", str(tmp_path / "mm_out.mlir")],
-                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    (tmp_path / "mm_torch.py").write_text("import torch\n\ndef model(a, b):\n    return a @ b\n")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), "--checkpoint", ckpt, "--mlir", str(mlir),
+                        "--samples", "1", "--out", str(tmp_path / "one.csv"), "-o", str(tmp_path / "mm_out.mlir"),
+                        "--torch", "mm_torch:model"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "one.csv").exists()
+    assert "timing threads: 1 (as in training" in r.stdout  # the run's own target, not this machine's CPUs
+    assert "ratio to PyTorch x" in r.stdout and "not the same computation" not in r.stderr
     bad = subprocess.run([sys.executable, "evaluate.py", "--checkpoint", str(tmp_path)], capture_output=True,
                          text=True, timeout=300, cwd=ROOT)
     assert bad.returncode == 2 and "no RLModule checkpoint" in bad.stderr
@@ -357,6 +369,19 @@ def test_search_spaces_in_yaml_become_tune_spaces():
     from ray.tune.search.sample import Categorical
     assert isinstance(tune_run._search_space({"choice": [0.0, 0.01]}), Categorical)
     assert tune_run._search_space(0.5) == 0.5
+
+
+def test_validation_never_looks_at_the_eval_split_nor_at_trained_programs(tmp_path):
+    import tune_run
+    base = tune_run.load_config(os.path.join(ROOT, "tune_configs", "smoke.yaml"))
+    for names, msg in ((["gpt_2_residual_add"], "eval split"), (["resnet_18_fc_batch_8"], "also trained on"),
+                       (["no_such_program"], "no training program")):
+        cfg = dict(base, run=dict(base["run"], validate={"benchmarks": names}))
+        with pytest.raises(tune_run.ConfigError, match=msg):
+            tune_run.build_algo_config(cfg)
+    cfg = dict(base, env=dict(base["env"], measure={"threads": 2}), resources=dict(base["resources"]))
+    with pytest.raises(tune_run.ConfigError, match="must reserve the CPUs it times on"):
+        tune_run.build_algo_config(cfg)
 
 
 def test_a_gpu_that_does_not_exist_is_a_clear_error_at_once(tmp_path):

@@ -100,3 +100,27 @@ def test_bad_suite_files_are_clear_errors(tmp_path):
     junk.write_bytes(b"junk")
     with pytest.raises(SuiteError, match="not a readable Parquet file"):
         load_suite(str(junk))
+
+
+def test_torch_twins_compute_what_our_programs_compute():
+    """Every eval benchmark and imported block has a PyTorch twin (what bench/vs_pytorch.py
+    compares with) that gives our untransformed program's result on the same inputs."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    from envs.mlir import MeasureConfig, Measurer, Program
+    from envs.mlir.compile import make_inputs
+    from envs.suites import suite_path
+    from envs.suites.models import LAYERS
+    from envs.suites.torch_twins import FAMILY_GEN, run_twin, torch_twin
+    assert {layer.family: layer.gen for layer in LAYERS} == {f: g for f, g in FAMILY_GEN.items()
+                                                              if f in {layer.family for layer in LAYERS}}
+    rows = pq.read_table(suite_path("eval")).to_pylist()
+    rows += [r for r in pq.read_table(suite_path("train")).to_pylist() if r["family"].startswith("imported_")]
+    with Measurer(MeasureConfig(threads=2, repetitions=1)) as m:
+        for row in rows:
+            p = Program.from_text(row["mlir"], row["name"])
+            ref = m._reference(p)
+            out = run_twin(torch_twin(row, make_inputs(p.inputs, m.cfg.seed)))
+            assert [o.shape for o in out] == [r.shape for r in ref], row["name"]
+            for o, r in zip(out, ref):
+                np.testing.assert_allclose(o, r, rtol=1e-3, atol=1e-3 * float(np.abs(r).max()), err_msg=row["name"])
