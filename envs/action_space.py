@@ -9,7 +9,7 @@ order of first use.  With the shipped actions (L = `FeatureConfig.max_loops`):
 index                 slot (heads that read it)               choices
 ====================  ======================================  ===============================
 0                     transformation                          `ACTIONS`: NT T TP TF I U V I2C
-1 .. L                tile size of loop d (T, TP, TF)         `ActionConfig.tile_choices`
+1 .. L                tile size of loop d (T, TP, TF)         `ActionConfig.loop_tile_choices`
 L + 1                 interchange pointer (I)                 a loop 0 .. L-1
 L + 2                 unroll factor (U)                       `ActionConfig.unroll_factors`
 ====================  ======================================  ===============================
@@ -157,10 +157,10 @@ class ActionLayout:
             return Pending(cls, picks)
         return cls.build(s, self.ac, picks)
 
-    def encode(self, action: Action) -> List[np.ndarray]:
-        """The vector(s) that make `action`, one per step."""
+    def encode(self, action: Action, s: OpState) -> List[np.ndarray]:
+        """The vector(s) that make `action` in op state `s`, one per step."""
         out = []
-        for step in action.picks(self.ac, self.L):
+        for step in action.picks(s, self.ac, self.L):
             v = np.zeros(len(self.nvec), np.int64)
             v[0] = ACTIONS.index(type(action))
             for r, chosen in zip(self.by_class.get(type(action), []), step):

@@ -102,7 +102,8 @@ class SchedulingMetrics(RLlibCallback):
         # Validation (RLlib's evaluation on held-out training programs, greedy): its last value is
         # carried between validations, so that every result (and checkpoint) has one.
         scores = (((result.get("evaluation") or {}).get("env_runners") or {}).get("mlir") or {}).get("score")
-        if scores:
+        # Results between validations may carry the evaluation keys with NaNs: only real values count.
+        if scores and all(_num(v) > 0 for v in scores.values()):
             self.validation = {b: _num(v) for b, v in scores.items()}
             self.validated_at = result.get("training_iteration", 0)
         if self.validation:

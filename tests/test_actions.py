@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from envs import ActionLayout
-from envs.mlir import (ACTIONS, NT, TF, ActionConfig, FeatureConfig, FeatureLayout, Program, ProgramState, Schedule,
+from envs.mlir import (ACTIONS, NT, TF, ActionConfig, T, FeatureConfig, FeatureLayout, Program, ProgramState, Schedule,
                        build_script, write_transformed)
 from envs.mlir.actions.rewrite import P
 
@@ -118,6 +118,42 @@ def test_pack_makes_panels_of_b_and_a_loop_for_them(programs, measurer, tmp_path
     assert "tensor<5x32x8xf32>" in (tmp_path / "p.mlir").read_text()
     # The agent can choose it: the env's layout has its head and its history block.
     lay = ActionLayout(FeatureConfig(), cfg)
-    (vec,) = lay.encode(P(8))
+    (vec,) = lay.encode(P(8), s)
     assert lay.decode(vec, lay.masks(s), s) == P(8)
     assert FeatureLayout(FeatureConfig(), cfg).action_history(s2)[ACTIONS.index(P)] == 1
+
+
+def test_hand_schedules_are_samplable_with_per_loop_tile_candidates():
+    """bench/schedules.py's best hand schedules (cache tiles up to the bound, 6x16 register
+    tiles, thread tiles) go through the env's masks, head by head, with tile candidates
+    derived from each loop's bound and the vector width (a size that covers its loop reads as 0)."""
+    from bench.schedules import CASES
+    from envs.action_space import Pending
+    from envs.mlir.actions import Tiling
+    cfg = ActionConfig(tile_candidates="per_loop", vector_width=16)
+    lay = ActionLayout(FeatureConfig(), cfg)
+    for name, (text, _, sched) in CASES.items():
+        p = Program.from_text(text, f"{name}.mlir")
+        schedule = Schedule.parse(sched).for_program(p)
+        ps = ProgramState(p, cfg)
+        while not ps.done:
+            tag = ps.order[ps.position]
+            for a in schedule.actions(tag) or (NT(),):
+                s = ps.current
+                if isinstance(a, Tiling):
+                    a = type(a)(tuple(0 if x >= b else x for x, b in zip(a.sizes, s.bounds)))
+                pending = None
+                for vec in lay.encode(a, s):
+                    got = lay.decode(vec, lay.masks(s, pending), s, pending)  # InvalidActionError if masked
+                    pending = got if isinstance(got, Pending) else None
+                assert got == a, (name, tag, got, a)
+                ps.step(a)
+            if not ps.done and ps.order[ps.position] == tag:
+                ps.step(NT())
+    # The fixed candidates (0..64) cannot express them: the reason for per_loop.
+    fixed = ActionLayout(FeatureConfig(), ActionConfig())
+    p = Program.from_text(CASES["matmul_256"][0], "m.mlir")
+    s = ProgramState(p, ActionConfig()).current
+    assert s.op.name == "linalg.matmul"
+    with pytest.raises(ValueError, match="not one of its choices"):
+        fixed.encode(T((6, 16, 128)), s)

@@ -88,7 +88,7 @@ def test_reward_of_a_known_schedule(env):
     obs, _ = env.reset(options={"benchmark": name})
     for tag in ("operation_1", "operation_0"):
         for a in Schedule.parse(text).actions(tag):
-            for vec in env.layout.encode(a):
+            for vec in env.layout.encode(a, env.ps.current):
                 obs, r, done, _, info = env.step(vec)
     assert done and info["status"] == "ok"
     assert info["schedule"] == "operation_0: T(1,16) V; operation_1: I(0,2,1) T(4,0,64) T(0,16,1) U(4) V"
@@ -128,7 +128,7 @@ def test_failures_are_penalized_and_told_apart(tmp_path):
     # Scalar 1x1x1 tiles of an 8x768x3072 matmul: far slower than the limit.
     actions = Schedule.parse("operation_1: T(1,1,1)").actions("operation_1") + (envs.mlir.NT(),) * 2
     for a in actions:
-        obs, r, done, _, info = e.step(e.layout.encode(a)[0])
+        obs, r, done, _, info = e.step(e.layout.encode(a, e.ps.current)[0])
     e.close()
     assert done and info["status"] == "timeout" and r == -5.0 and info["speedup"] is None
     assert "running took longer than 0.05 s" in info["message"]

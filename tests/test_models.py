@@ -391,3 +391,25 @@ def test_a_gpu_that_does_not_exist_is_a_clear_error_at_once(tmp_path):
                        env=env)
     assert r.returncode == 2
     assert "resources.num_gpus_per_learner = 1, but this machine has 0 GPU(s)" in r.stderr
+
+
+def test_validation_metric_is_carried_between_validations():
+    from rllib_models.callbacks import SchedulingMetrics
+    cb = SchedulingMetrics()
+
+    def result(it, scores):
+        r = {"training_iteration": it, "env_runners": {"mlir": {"episodes": 1, "status": {"ok": 1}}}}
+        if scores is not None:
+            r["evaluation"] = {"env_runners": {"mlir": {"score": scores}}}
+        return r
+
+    r1 = result(1, None)
+    cb.on_train_result(result=r1)
+    assert "val_speedup_geomean" not in r1["mlir"]
+    r2 = result(2, {"a": 4.0, "b": 0.1})  # b failed: scores x0.1
+    cb.on_train_result(result=r2)
+    assert r2["mlir"]["val_speedup_geomean"] == pytest.approx(math.sqrt(0.4))
+    for it, scores in ((3, None), (4, {"a": float("nan"), "b": float("nan")})):  # no validation this iteration
+        r = result(it, scores)
+        cb.on_train_result(result=r)
+        assert r["mlir"]["val_speedup_geomean"] == pytest.approx(math.sqrt(0.4)) and r["mlir"]["val_iteration"] == 2

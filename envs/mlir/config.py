@@ -24,6 +24,29 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def _host_vector_width() -> int:
+    from .peak import vector_width
+    return vector_width()
+
+
+def _loop_candidates(bound: int, n: int, vw: int) -> Tuple[int, ...]:
+    import math
+    small = [c for c in dict.fromkeys((1, 2, 4, 6, 8, vw, 2 * vw)) if c < bound]
+    divisors = [d for d in range(3, bound) if bound % d == 0 and d not in small]
+    # Targets in order of use: half the loop (one tile per thread of two), cache-sized tiles,
+    # then ever smaller fractions; each takes the divisor nearest it within a factor of 2.
+    targets = [bound / 2, 256, 128, 64] + [bound / 2 ** k for k in range(2, 12)]
+    large: list = []
+    for t in targets:
+        if len(small) + len(large) >= n or not divisors:
+            break
+        d = min(divisors, key=lambda x: abs(math.log(x / t)))
+        if abs(math.log(d / t)) <= math.log(2) and d not in large:
+            large.append(d)
+            divisors.remove(d)
+    return (0,) + tuple(sorted(small + large)[:n])
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
     """Sizes of OpFeatures / ProducerOpFeatures / ActionHistory (MLIR-RL's layout)."""
@@ -55,6 +78,13 @@ class ActionConfig:
     """V is allowed when every operand's vector has at most this many elements."""
     unroll_factors: Tuple[int, ...] = (2, 4, 8)
     """Choices of U."""
+    tile_candidates: str = "fixed"
+    """'fixed': every loop's tile head picks from `tile_choices`; 'per_loop': from candidates
+    derived from the loop's bound and the vector width (`loop_tile_choices`)."""
+    per_loop_choices: int = 12
+    """With 'per_loop': choices of a tile head (0 = untiled included)."""
+    vector_width: int = 0
+    """f32 lanes of the vector unit the candidates follow (0: the host's: AVX-512 16, AVX2 8)."""
 
     def __post_init__(self):
         _check(len(self.tile_sizes) >= 1, "tile_sizes", "needs at least one size")
@@ -66,11 +96,35 @@ class ActionConfig:
         _check(self.vector_max_elements >= 1, "vector_max_elements", "must be >= 1")
         _check(all(f >= 2 for f in self.unroll_factors) and len(self.unroll_factors) >= 1,
                "unroll_factors", "factors must be >= 2")
+        _check(self.tile_candidates in ("fixed", "per_loop"), "tile_candidates",
+               f"'fixed' or 'per_loop', got {self.tile_candidates!r}")
+        _check(self.per_loop_choices >= 8, "per_loop_choices", "must be >= 8")
+        _check(self.vector_width >= 0, "vector_width", "must be >= 0 (0: the host's)")
 
     @property
     def tile_choices(self) -> Tuple[int, ...]:
         """The per-loop choices a tile head picks from: 0 (untiled) then tile_sizes."""
         return (0,) + tuple(self.tile_sizes)
+
+    @property
+    def n_tile_choices(self) -> int:
+        """Choices of one tile head."""
+        return len(self.tile_choices) if self.tile_candidates == "fixed" else self.per_loop_choices
+
+    @property
+    def max_tile_size(self) -> int:
+        """The tile size ActionHistory's scale ends at (larger ones read as 1)."""
+        return max(self.tile_sizes) if self.tile_candidates == "fixed" else 4096
+
+    def loop_tile_choices(self, bound: int) -> Tuple[int, ...]:
+        """What a tile head's choices mean for a loop of `bound` iterations: 0 (untiled) first.
+        With 'per_loop' (shorter than `n_tile_choices` when the loop is short; the rest is masked):
+        register-tile sizes (1, 2, 4, 6, 8, one and two vectors), then cache/thread tiles: the
+        divisors of the bound nearest to bound/2, /4, /8, ... (no remainder to peel), all below
+        the bound."""
+        if self.tile_candidates == "fixed":
+            return self.tile_choices
+        return _loop_candidates(bound, self.per_loop_choices - 1, self.vector_width or _host_vector_width())
 
 
 @dataclass(frozen=True)

@@ -122,7 +122,7 @@ class Action:
         """The action that the picks of all its steps make."""
         return cls()
 
-    def picks(self, cfg: ActionConfig, max_loops: int) -> List[List[np.ndarray]]:
+    def picks(self, s: OpState, cfg: ActionConfig, max_loops: int) -> List[List[np.ndarray]]:
         """The inverse of `build`: per step, per head, the choice of each position."""
         return [[]]
 

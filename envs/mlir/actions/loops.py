@@ -68,7 +68,7 @@ class I(PerLoop):  # noqa: E742 (the design's name)
     def build(cls, s, cfg, picks):
         return cls(tuple(int(p[0][0]) for p in picks))
 
-    def picks(self, cfg, max_loops):
+    def picks(self, s, cfg, max_loops):
         return [[np.array([d], np.int64)] for d in self.perm]
 
     @classmethod
@@ -155,7 +155,7 @@ class U(Action):
     def build(cls, s, cfg, picks):
         return cls(cfg.unroll_factors[int(picks[0][0][0])])
 
-    def picks(self, cfg, max_loops):
+    def picks(self, s, cfg, max_loops):
         return [[np.array([cfg.unroll_factors.index(self.factor)], np.int64)]]
 
     @classmethod

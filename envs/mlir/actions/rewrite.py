@@ -177,7 +177,7 @@ class P(Action):
     def build(cls, s, cfg, picks):
         return cls(cfg.tile_choices[int(picks[0][0][0])])
 
-    def picks(self, cfg, max_loops):
+    def picks(self, s, cfg, max_loops):
         return [[np.array([cfg.tile_choices.index(self.n)], np.int64)]]
 
     @classmethod

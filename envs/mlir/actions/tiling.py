@@ -63,7 +63,7 @@ class Tiling(PerLoop):
             return why
         probe = cls((0,) * s.num_loops)
         if not any(0 < c < b and probe.size_ok(s, d, c) is None
-                   for d, b in enumerate(s.bounds) for c in cfg.tile_sizes):
+                   for d, b in enumerate(s.bounds) for c in cfg.loop_tile_choices(b)):
             return "no candidate tile size splits a loop"
         return None
 
@@ -87,28 +87,37 @@ class Tiling(PerLoop):
 
     @classmethod
     def size_mask(cls, s: OpState, cfg) -> List[List[bool]]:
-        """Per loop of the op, which `cfg.tile_choices` are valid."""
+        """Per loop of the op, which of its choices (`cfg.loop_tile_choices`, padded to
+        `cfg.n_tile_choices` with invalid ones) are valid."""
         probe = cls((0,) * s.num_loops)
-        return [[probe.size_ok(s, d, c) is None for c in cfg.tile_choices] for d in range(s.num_loops)]
+        out = []
+        for d in range(s.num_loops):
+            choices = cfg.loop_tile_choices(s.bounds[d])
+            out.append([probe.size_ok(s, d, c) is None for c in choices] + [False] * (cfg.n_tile_choices - len(choices)))
+        return out
 
     # --- heads and history ------------------------------------------------------------
     @classmethod
     def heads(cls, cfg, max_loops):
-        return (Head("tile", max_loops, len(cfg.tile_choices)),)
+        return (Head("tile", max_loops, cfg.n_tile_choices),)
 
     @classmethod
     def head_masks(cls, s, cfg, max_loops, picked=()):
-        m = only_first(s.num_loops, max_loops, len(cfg.tile_choices))
+        m = only_first(s.num_loops, max_loops, cfg.n_tile_choices)
         m[:s.num_loops] = cls.size_mask(s, cfg)
         return [m]
 
     @classmethod
     def build(cls, s, cfg, picks):
-        return cls(tuple(cfg.tile_choices[int(c)] for c in picks[0][0][:s.num_loops]))
+        return cls(tuple(cfg.loop_tile_choices(b)[int(c)] for c, b in zip(picks[0][0][:s.num_loops], s.bounds)))
 
-    def picks(self, cfg, max_loops):
+    def picks(self, s, cfg, max_loops):
         v = np.zeros(max_loops, np.int64)
-        v[:len(self.sizes)] = [cfg.tile_choices.index(x) for x in self.sizes]
+        for d, (x, b) in enumerate(zip(self.sizes, s.bounds)):
+            choices = cfg.loop_tile_choices(b)
+            if x not in choices:
+                raise ValueError(f"{self}: size {x} of loop {d} (bound {b}) is not one of its choices {choices}")
+            v[d] = choices.index(x)
         return [[v]]
 
     @classmethod
@@ -117,7 +126,7 @@ class Tiling(PerLoop):
 
     def history(self, cfg, max_loops):
         v = np.zeros(max_loops, np.float32)
-        big = math.log2(max(cfg.tile_sizes) + 1)
+        big = math.log2(cfg.max_tile_size + 1)
         for d, size in enumerate(self.sizes[:max_loops]):
             v[d] = min(1.0, math.log2(size + 1) / big)
         return v
