@@ -71,6 +71,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="threads of our code and of PyTorch (default: CPUs)")
     ap.add_argument("--checkpoint", default="", help="also the policy of this RLlib checkpoint")
     ap.add_argument("--only", nargs="*", default=[], help="only these benchmarks")
+    ap.add_argument("--tile-candidates", choices=("fixed", "per_loop"), default="fixed",
+                    help="the searches' tile choices (ActionConfig.tile_candidates)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default="", help="time cache of the searches (default: the project's)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "vs_pytorch.json"))
@@ -98,8 +100,9 @@ def main() -> int:
     tmp = tempfile.TemporaryDirectory()
     suite = os.path.join(tmp.name, "bench.parquet")
     write_suite(rows, suite)
-    env = MlirScheduleEnv({"suite": suite, "measure": {"threads": threads, "repetitions": 3,
-                                                       "cache_dir": args.cache_dir or default_cache_dir()}})
+    env = MlirScheduleEnv({"suite": suite, "actions": {"tile_candidates": args.tile_candidates},
+                           "measure": {"threads": threads, "repetitions": 3,
+                                       "cache_dir": args.cache_dir or default_cache_dir()}})
     fresh = Measurer(MeasureConfig(threads=threads, repetitions=5))  # winners again, from scratch
     out, curves = [], {}
     t_start = time.time()
@@ -157,6 +160,7 @@ def main() -> int:
 
     summary = _summary(out, methods, geomean)
     result = {"threads": threads, "fma_peak": peak, "budget": args.budget, "methods": methods, "rows": out,
+              "tile_candidates": args.tile_candidates,
               "summary": summary, "curves": curves, "date": time.strftime("%Y-%m-%d %H:%M"),
               "command": " ".join(["python", "bench/vs_pytorch.py"] + sys.argv[1:])}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
