@@ -117,12 +117,19 @@ def main() -> int:
     ap.add_argument("--cache-dir", default="", help="time cache of the searches (default: the project's)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "vs_pytorch.json"))
     ap.add_argument("--torch-times", default="", help=argparse.SUPPRESS)  # internal: the PyTorch timing process
+    ap.add_argument("--replot", action="store_true", help="only print the table and draw the plots of --out again")
     args = ap.parse_args()
+    if args.replot:
+        with open(args.out) as f:
+            result = json.load(f)
+        _table(result)
+        _plots(result, os.path.splitext(args.out)[0])
+        return 0
     if args.torch_times:
         _torch_times_main(args.torch_times, args.threads or 1)
         return 0
 
-    from envs import MlirScheduleEnv, greedy_search, random_search
+    from envs import MlirScheduleEnv, SearchResult, greedy_search, random_search
     from envs.mlir import MeasureConfig, Measurer, Schedule
     from envs.mlir.cache import default_cache_dir
     from envs.mlir.compile import make_inputs
@@ -178,6 +185,8 @@ def main() -> int:
                 winners[f"{m}_{args.budget}"] = trials[m].best_of(args.budget)[0]
             if args.checkpoint:
                 pol = policy_trials(env, args.checkpoint, name, 8)
+                trials["policy"] = SearchResult(name, "", 1.0, len(pol), list(np.maximum.accumulate(
+                    [max(1.0, sp) for _, sp in pol])), pol)
                 winners["policy_1"] = pol[0][0] if pol[0][1] > 1.0 else ""
                 winners["policy_8"] = max([("", 1.0)] + [t for t in pol if t[1] > 1.0], key=lambda t: t[1])[0]
             entry = {"name": name, "family": row["family"], "flops": row["flops"], "torch_s": torch_s,
@@ -282,16 +291,17 @@ def _plots(result: Dict, stem: str) -> None:
     ax.set_xticklabels([r["name"] for r in rows], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("ratio to PyTorch (> 1: faster)")
     ax.set_title(f"our code / PyTorch, {result['threads']} thread(s), winners re-measured")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(stem + "_ratio.png", dpi=120)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for m, per_bench in result["curves"].items():
-        n = min(len(c) for c in per_bench)
-        if not n:
+        # A search that ended early (greedy: every op scheduled) keeps its best for the rest.
+        n = max(len(c) for c in per_bench)
+        if not n or not all(per_bench):
             continue
-        arr = np.array([c[:n] for c in per_bench], float)
+        arr = np.array([c + [c[-1]] * (n - len(c)) for c in per_bench], float)
         ax.plot(np.arange(1, n + 1), np.exp(np.log(np.maximum(arr, 1e-9)).mean(0)), label=m)
     ax.axhline(1.0, color="black", lw=1)
     ax.set_xscale("log", base=2)
