@@ -169,13 +169,12 @@ def _vs_torch(spec: str, program, m, measurer) -> Dict:
     import numpy as np
     import torch
     from envs.mlir.compile import make_inputs
-    from envs.suites.torch_twins import TorchTwin, run_twin, time_torch
+    from envs.suites.torch_twins import TorchTwin, plain_outputs, run_twin, time_torch
     cfg = measurer.cfg
     fn = load_torch_callable(spec)
     if isinstance(fn, torch.nn.Module):
         fn.eval()
-    twin = TorchTwin(fn, tuple(torch.from_numpy(x) for x in make_inputs(program.inputs, cfg.seed)),
-                     lambda y: [t.contiguous().numpy() for t in (y if isinstance(y, (tuple, list)) else (y,))])
+    twin = TorchTwin(fn, tuple(torch.from_numpy(x) for x in make_inputs(program.inputs, cfg.seed)), plain_outputs)
     outs = run_twin(twin)
     shapes_ok = [tuple(o.shape) for o in outs] == [tuple(t.shape) for t in program.outputs]
     torch_s = time_torch(twin, cfg.threads)

@@ -355,7 +355,6 @@ def train(cfg: Dict[str, Any], args) -> int:
             ctx = ray.init(address="local", num_cpus=available_cpus(), include_dashboard=False)
     try:
         check_gpus(cfg, args.address)
-        check_cpus(build_algo_config(cfg))
         if run.get("shared_cache"):
             from envs.mlir.shared_cache import ACTOR_NAME, start_server
             folder = env_config(cfg)["measure"]["cache_dir"]
@@ -363,6 +362,7 @@ def train(cfg: Dict[str, Any], args) -> int:
             cfg["env"].setdefault("measure", {})["shared_cache"] = ACTOR_NAME
             print(f"time cache: one for the cluster, kept on this node in {folder}")
         config = build_algo_config(cfg)
+        check_cpus(config)
         url = getattr(ctx, "dashboard_url", None)
         print(f"Ray dashboard: {'http://' + url if url and not url.startswith('http') else url or 'not running'}")
         exp_dir = os.path.join(run["results_dir"], run["name"])

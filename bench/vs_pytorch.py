@@ -187,8 +187,8 @@ def main() -> int:
                 pol = policy_trials(env, args.checkpoint, name, 8)
                 trials["policy"] = SearchResult(name, "", 1.0, len(pol), list(np.maximum.accumulate(
                     [max(1.0, sp) for _, sp in pol])), pol)
-                winners["policy_1"] = pol[0][0] if pol[0][1] > 1.0 else ""
-                winners["policy_8"] = max([("", 1.0)] + [t for t in pol if t[1] > 1.0], key=lambda t: t[1])[0]
+                winners["policy_1"] = trials["policy"].best_of(1)[0]
+                winners["policy_8"] = trials["policy"].best_of(8)[0]
             entry = {"name": name, "family": row["family"], "flops": row["flops"], "torch_s": torch_s,
                      "torch_gflops": row["flops"] / torch_s / 1e9, "methods": {}}
             base = fresh.baseline(program)

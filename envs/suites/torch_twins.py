@@ -52,7 +52,8 @@ def _channels_last(fn: Callable, args: Tuple) -> TorchTwin:
     return TorchTwin(fn, args, _from_nchw, alt=TorchTwin(fn, contiguous, _from_nchw))
 
 
-def _plain(y) -> List[np.ndarray]:
+def plain_outputs(y) -> List[np.ndarray]:
+    """PyTorch's result (a tensor or a tuple of them) as our outputs, same layout."""
     return [t.contiguous().numpy() for t in (y if isinstance(y, (tuple, list)) else (y,))]
 
 
@@ -61,11 +62,11 @@ def _twin_generated(gen: str, p: Dict, xs: Sequence[np.ndarray]) -> TorchTwin:
     import torch.nn.functional as F
     t = [torch.from_numpy(x) for x in xs]
     if gen == "matmul":
-        return TorchTwin(torch.matmul, (t[0], t[1]), _plain)
+        return TorchTwin(torch.matmul, (t[0], t[1]), plain_outputs)
     if gen == "matmul_bias_relu":
-        return TorchTwin(lambda a, b, bias: torch.relu(torch.addmm(bias, a, b)), tuple(t), _plain)
+        return TorchTwin(lambda a, b, bias: torch.relu(torch.addmm(bias, a, b)), tuple(t), plain_outputs)
     if gen == "batch_matmul":
-        return TorchTwin(torch.bmm, (t[0], t[1]), _plain)
+        return TorchTwin(torch.bmm, (t[0], t[1]), plain_outputs)
     if gen == "conv2d":
         s = p["stride"]
         bias = t[2] if p.get("bias_relu") else None
@@ -73,7 +74,7 @@ def _twin_generated(gen: str, p: Dict, xs: Sequence[np.ndarray]) -> TorchTwin:
         if p.get("layout", "nhwc") == "nhwc":  # filter HWCF -> FCHW, also channels-last
             w = torch.from_numpy(xs[1]).permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
             return _channels_last(lambda x, w, b: post(F.conv2d(x, w, b, stride=s)), (_nhwc(xs[0]), w, bias))
-        return TorchTwin(lambda x, w, b: post(F.conv2d(x, w, b, stride=s)), (t[0], t[1], bias), _plain)
+        return TorchTwin(lambda x, w, b: post(F.conv2d(x, w, b, stride=s)), (t[0], t[1], bias), plain_outputs)
     if gen == "depthwise_conv":  # filter HWC -> C x 1 x H x W
         c, s = p["c"], p["stride"]
         w = torch.from_numpy(xs[1]).permute(2, 0, 1).unsqueeze(1).contiguous(memory_format=torch.channels_last)
@@ -84,7 +85,7 @@ def _twin_generated(gen: str, p: Dict, xs: Sequence[np.ndarray]) -> TorchTwin:
         return _channels_last(lambda x: f(x, k, s), (_nhwc(xs[0]),))
     if gen == "elementwise":
         fn = {"add": torch.add, "relu": torch.relu, "relu6": F.relu6}[p["kind"]]
-        return TorchTwin(fn, tuple(t), _plain)
+        return TorchTwin(fn, tuple(t), plain_outputs)
     raise ValueError(f"no PyTorch twin for generator {gen!r}")
 
 
@@ -103,7 +104,7 @@ def torch_twin(row: Dict, inputs: Sequence[np.ndarray]) -> TorchTwin:
             _BLOCKS.update((b[0], b[3]) for b in imported_blocks())
         if family not in _BLOCKS:
             raise ValueError(f"{row['name']}: no PyTorch module for family {family}")
-        return TorchTwin(_BLOCKS[family], tuple(torch.from_numpy(x) for x in inputs), _plain)
+        return TorchTwin(_BLOCKS[family], tuple(torch.from_numpy(x) for x in inputs), plain_outputs)
     raise ValueError(f"{row['name']}: no PyTorch twin for family {family!r}")
 
 
