@@ -202,7 +202,8 @@ def dry_run(cfg: Dict[str, Any]) -> None:
     print(f"model {cfg['model'].get('model_type', 'lstm')} ({cfg['_path']})")
     for part, n in module.parameter_counts().items():
         print(f"  {part:<14} {n:>12,d} parameters")
-    print(f"learner:    1 x ({res.get('num_gpus_per_learner', 0)} GPU, 1 CPU)")
+    print(f"learner:    1, in the algorithm's process ({res.get('num_gpus_per_learner', 0)} GPU, "
+          f"{config.num_cpus_for_main_process} CPU)")
     threads = config.env_config["measure"]["threads"]
     if config.num_env_runners:
         print(f"env runners: {config.num_env_runners} x ({config.num_cpus_per_env_runner} CPU, "
