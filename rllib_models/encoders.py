@@ -72,10 +72,13 @@ class DistilBertEncoder(Encoder):
     `transformers.DistilBertModel` via `inputs_embeds`, the [CLS] output
     concatenated with ActionHistory: (B, dim + history_dim). Built from its
     config with random weights; the vocabulary is one token, so no unused
-    word-embedding table is carried."""
+    word-embedding table is carried. A missing producer (all-zero features) is
+    hidden by the attention mask. Dropout is 0 by default: RLlib samples with the
+    module in eval mode and trains it in train mode, so any dropout makes PPO's
+    probability ratios and KL noisy from the first minibatch."""
 
     def __init__(self, op_dim: int, history_dim: int, proj_hidden: int = 512, dim: int = 768, n_layers: int = 6,
-                 n_heads: int = 12, hidden_dim: int = 3072, dropout: float = 0.1, attention_dropout: float = 0.1):
+                 n_heads: int = 12, hidden_dim: int = 3072, dropout: float = 0.0, attention_dropout: float = 0.0):
         super().__init__()
         from transformers import DistilBertConfig, DistilBertModel
         self.proj = nn.Sequential(nn.Linear(op_dim, proj_hidden), nn.LayerNorm(proj_hidden), nn.GELU(),
@@ -91,6 +94,11 @@ class DistilBertEncoder(Encoder):
         b = op.shape[0]
         tokens = torch.stack([self.cls.expand(b, -1), self.proj(op), self.proj(producer),
                               self.sep.expand(b, -1)], dim=1)  # (B, 4, dim)
+        # An op without a producer has all-zero ProducerOpFeatures: attention does not see that token.
         mask = torch.ones(b, 4, dtype=torch.long, device=op.device)
+        mask[:, 2] = (producer != 0).any(-1).long()
+        return self.attend(tokens, mask, history)
+
+    def attend(self, tokens: torch.Tensor, mask: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         out = self.bert(inputs_embeds=tokens, attention_mask=mask).last_hidden_state
         return torch.cat([out[:, 0], history], dim=-1)

@@ -81,6 +81,29 @@ def test_encoders_shapes_and_sizes():
         build_encoder("lstm", 1322, 198, colour=3)
 
 
+def test_distilbert_is_fit_for_ppo():
+    """No dropout by default (train and eval mode agree), and a missing producer is
+    hidden from attention (whatever its token holds, the embedding is the same)."""
+    torch.manual_seed(0)
+    enc = build_encoder("distilbert", 40, 6, **SMALL_BERT)
+    op, prod, hist = torch.randn(3, 40), torch.randn(3, 40), torch.rand(3, 6)
+    prod[1] = 0.0  # op 1 has no producer
+    enc.train()
+    a = enc(op, prod, hist)
+    enc.eval()
+    assert torch.equal(a, enc(op, prod, hist))
+    b = op.shape[0]
+    tokens = torch.stack([enc.cls.expand(b, -1), enc.proj(op), enc.proj(prod), enc.sep.expand(b, -1)], dim=1)
+    mask = torch.ones(b, 4, dtype=torch.long)
+    mask[1, 2] = 0
+    noisy = tokens.clone()
+    noisy[:, 2] = torch.randn_like(noisy[:, 2])
+    with torch.no_grad():
+        hidden, shown = enc.attend(tokens, mask, hist), enc.attend(noisy, mask, hist)
+    assert torch.allclose(hidden[1], shown[1], atol=1e-5) and torch.allclose(hidden[1], a[1].detach(), atol=1e-5)
+    assert not torch.allclose(hidden[0], shown[0], atol=1e-3)  # a real producer is seen
+
+
 @pytest.mark.parametrize("cfg", [{"model_type": "lstm"}, {"model_type": "distilbert", "encoder": SMALL_BERT}])
 def test_sampled_actions_are_never_masked(env, observations, cfg):
     module = _module(env, **cfg)
