@@ -364,6 +364,7 @@ def train(cfg: Dict[str, Any], args) -> int:
             print(f"time cache: one for the cluster, kept on this node in {folder}")
         config = build_algo_config(cfg)
         check_cpus(config)
+        validated = validation(cfg) is not None
         url = getattr(ctx, "dashboard_url", None)
         print(f"Ray dashboard: {'http://' + url if url and not url.startswith('http') else url or 'not running'}")
         exp_dir = os.path.join(run["results_dir"], run["name"])
@@ -377,7 +378,7 @@ def train(cfg: Dict[str, Any], args) -> int:
             checkpoint_config=tune.CheckpointConfig(
                 checkpoint_frequency=int(run.get("checkpoint_every", 5)), checkpoint_at_end=True, num_to_keep=3,
                 **({"checkpoint_score_attribute": VAL_METRIC, "checkpoint_score_order": "max"}
-                   if validation(cfg) else {})),
+                   if validated else {})),
             callbacks=[_progress_callback()])
         if args.resume:
             if not tune.Tuner.can_restore(exp_dir):
@@ -391,7 +392,7 @@ def train(cfg: Dict[str, Any], args) -> int:
         errors = [r.error for r in results if r.error]
         if errors:
             print(f"error: {len(errors)} trial(s) failed: {errors[0]}", file=sys.stderr)
-        checkpoint = best_checkpoint(results, validation(cfg) is not None)
+        checkpoint = best_checkpoint(results, validated)
         if checkpoint is None:
             print("error: no checkpoint was written", file=sys.stderr)
             return 1

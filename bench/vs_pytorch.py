@@ -158,10 +158,8 @@ def main() -> int:
     out, curves = [], {}
     t_start = time.time()
     try:
-        # PyTorch first, on our inputs, checked against our untransformed result, and timed in a
-        # block of its own (nothing of ours runs meanwhile: OpenMP threads of two runtimes on two
-        # cores slow each other down many times over); again at the end, the faster counts.
-        twins = {}
+        # PyTorch first: checked against our untransformed result on our inputs, then timed in a
+        # process of its own (`torch_times_apart`), before the searches and again at the end.
         for row in rows:
             program = env.load(row["name"])
             twin = torch_twin(row, make_inputs(program.inputs, fresh.cfg.seed))
@@ -171,7 +169,6 @@ def main() -> int:
             if err > 1e-3 * scale + 1e-5:
                 raise SystemExit(f"{row['name']}: PyTorch's result differs from ours (max abs error {err:.3g}): "
                                  f"the twin is not the same computation")
-            twins[row["name"]] = twin
         torch_times = torch_times_apart(rows, threads)
         for i, row in enumerate(rows):
             name = row["name"]
@@ -215,7 +212,7 @@ def main() -> int:
         env.close()
         fresh.close()  # our workers gone: PyTorch once more, alone
         again_all = torch_times_apart(rows, threads)
-        for entry in out:
+        for j, entry in enumerate(out):
             again = again_all[entry["name"]]
             if again < entry["torch_s"]:
                 scale = entry["torch_s"] / again  # every ratio to PyTorch shrinks by it
@@ -223,9 +220,8 @@ def main() -> int:
                 for m in entry["methods"].values():
                     if m["vs_torch"]:
                         m["vs_torch"] /= scale
-                curves_scale = 1.0 / scale
                 for c in curves.values():
-                    c[out.index(entry)] = [v * curves_scale for v in c[out.index(entry)]]
+                    c[j] = [v / scale for v in c[j]]
     finally:
         env.close()
         fresh.close()

@@ -6,6 +6,7 @@ Each is validated in `__post_init__`, naming the setting at fault.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Tuple
@@ -24,11 +25,13 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _host_vector_width() -> int:
+@functools.lru_cache(maxsize=None)
+def _host_vector_width() -> int:  # reads /proc/cpuinfo: once
     from .peak import vector_width
     return vector_width()
 
 
+@functools.lru_cache(maxsize=None)  # called for every loop of every masked step
 def _loop_candidates(bound: int, n: int, vw: int) -> Tuple[int, ...]:
     import math
     small = [c for c in dict.fromkeys((1, 2, 4, 6, 8, vw, 2 * vw)) if c < bound]
