@@ -252,7 +252,8 @@ def best_checkpoint(results, validated: bool) -> Optional[str]:
             print(f"best checkpoint (by {VAL_METRIC}): {ckpt.path}")
             return ckpt.path
     latest = done[0].checkpoint.path
-    print(f"latest checkpoint (no validation configured: run.validate): {latest}")
+    why = "no validation ran before the run stopped" if validated else "no validation configured: run.validate"
+    print(f"latest checkpoint ({why}): {latest}")
     return latest
 
 
