@@ -111,25 +111,22 @@ def _torch_cases():
     }
 
 
-# name: (program text, FLOPs, best hand-written schedule)
+# name: (program text, FLOPs, best hand-written schedule).  Each is a schedule the agent can
+# sample with the default action space (a test walks them through the env's masks): threads
+# (TP/TF) over the rows, then R's register tile (14 or 6 rows x 2 or 4 vectors of 16).
 CASES = {
     "matmul_256": (_matmul(256), 2 * 256 ** 3,
-                   "operation_0: TP(128,0) T(1,64) V; "
-                   "operation_1: TP(128,0,0) I(0,2,1) T(64,256,128) T(6,16,1) U(4) V"),
+                   "operation_0: TP(64,0) R(4,64,1); operation_1: TP(64,0,0) R(14,32,4)"),
     "matmul_512": (_matmul(512), 2 * 512 ** 3,
-                   "operation_0: TP(256,0) T(1,64) V; "
-                   "operation_1: TP(256,0,0) I(0,2,1) T(64,512,128) T(6,16,1) U(4) V"),
+                   "operation_1: TF(64,0,0) R(14,32,4); operation_0: R(4,64,1)"),
     "bmm_bert": (_bmm(12, 128, 64, 128), 2 * 12 * 128 * 64 * 128,
-                 "operation_0: TP(6,0,0) T(1,1,64) V; "
-                 "operation_1: TP(6,0,0,0) I(0,1,3,2) T(1,128,128,64) T(1,6,16,1) U(4) V"),
+                 "operation_1: TF(2,0,0,0) R(6,64,2); operation_0: R(4,64,1)"),
     "conv3x3_28": (_conv(28, 64, 64), 2 * 28 * 28 * 64 * 64 * 9,
-                   "operation_0: TP(1,14,0,0) T(1,1,4,64) V; "
-                   "operation_1: TP(1,14,0,0,0,0,0) T(1,1,7,32,1,1,8) V"),
+                   "operation_1: TF(1,2,0,0,0,0,0) R(14,32,8); operation_0: R(4,64,1)"),
     "maxpool_57": (_pool(57, 64), 28 * 28 * 64 * 9,
-                   "operation_0: TP(1,14,0,0) T(1,1,4,64) V; "
-                   "operation_1: TP(1,14,0,0,0,0) T(1,1,4,32,1,3) V"),
+                   "operation_1: TF(1,2,0,0,0,0) R(4,64,1); operation_0: R(4,64,1)"),
     "add_relu": (_add_relu(512, 1024), 2 * 512 * 1024,
-                 "operation_1: TF(8,0) T(1,256) V; operation_0: T(1,256) V"),
+                 "operation_1: TF(64,0) R(4,64,1); operation_0: R(4,64,1)"),
 }
 
 

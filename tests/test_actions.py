@@ -8,6 +8,7 @@ from envs import ActionLayout
 from envs.mlir import (ACTIONS, NT, TF, ActionConfig, T, FeatureConfig, FeatureLayout, Program, ProgramState, Schedule,
                        build_script, write_transformed)
 from envs.mlir.actions.rewrite import P
+from envs.mlir.actions.register import R
 
 CASES = [
     # (program, schedule) -- together every action on several op families.
@@ -28,11 +29,16 @@ CASES = [
     ("batch", "operation_1: TP(1,0,0,0) I(0,1,3,2) T(1,8,24,8) T(1,4,8,1) U(8) V; operation_3: T(8,0) T(4,1) U(2) V"),
     ("matmul", "operation_1: P(8) T(6,1,4,0) V; operation_0: T(1,8) V"),
     ("batch", "operation_1: P(8) TP(1,4,0,0,0) T(1,4,1,8,0) U(2) V"),
+    ("matmul", "operation_1: T(0,20,0) R(6,16,4); operation_0: R(4,16,1)"),  # register tile, remainder peeled
+    ("conv", "operation_1: R(4,16,2); operation_0: R(8,16,1)"),
+    ("conv_nchw", "operation_1: TP(1,4,0,0,0,0,0) R(4,4,2)"),
+    ("depthwise", "operation_1: R(6,16,1)"),
+    ("batch", "operation_1: P(8) R(4,8,2)"),
 ]
 
 
 # What each action leaves in the transformed IR (before lowering).
-LEAVES = {"T": "scf.for", "TP": "scf.forall", "TF": "scf.forall", "V": "vector.contract|vector.fma|vector.transfer_read",
+LEAVES = {"T": "scf.for", "R": "scf.for", "TP": "scf.forall", "TF": "scf.forall", "V": "vector.contract|vector.fma|vector.transfer_read",
           "I2C": "tensor.collapse_shape|tensor.expand_shape"}
 
 
@@ -123,14 +129,15 @@ def test_pack_makes_panels_of_b_and_a_loop_for_them(programs, measurer, tmp_path
     assert FeatureLayout(FeatureConfig(), cfg).action_history(s2)[ACTIONS.index(P)] == 1
 
 
-def test_hand_schedules_are_samplable_with_per_loop_tile_candidates():
-    """bench/schedules.py's best hand schedules (cache tiles up to the bound, 6x16 register
-    tiles, thread tiles) go through the env's masks, head by head, with tile candidates
-    derived from each loop's bound and the vector width (a size that covers its loop reads as 0)."""
+@pytest.mark.parametrize("candidates", ["fixed", "per_loop"])
+def test_hand_schedules_are_samplable(candidates):
+    """bench/schedules.py's best hand schedules (threads, then R's register tiles) go through
+    the env's masks, head by head, in the default action space and with per-loop tile
+    candidates (a tile size that covers its loop reads as 0)."""
     from bench.schedules import CASES
     from envs.action_space import Pending
     from envs.mlir.actions import Tiling
-    cfg = ActionConfig(tile_candidates="per_loop", vector_width=16)
+    cfg = ActionConfig(tile_candidates=candidates, vector_width=16)
     lay = ActionLayout(FeatureConfig(), cfg)
     for name, (text, _, sched) in CASES.items():
         p = Program.from_text(text, f"{name}.mlir")
@@ -150,10 +157,48 @@ def test_hand_schedules_are_samplable_with_per_loop_tile_candidates():
                 ps.step(a)
             if not ps.done and ps.order[ps.position] == tag:
                 ps.step(NT())
-    # The fixed candidates (0..64) cannot express them: the reason for per_loop.
-    fixed = ActionLayout(FeatureConfig(), ActionConfig())
-    p = Program.from_text(CASES["matmul_256"][0], "m.mlir")
-    s = ProgramState(p, ActionConfig()).current
+
+
+def test_register_tile_geometry_and_masks(programs):
+    """R finds each family's micro-kernel loops (vector loop, row loop), masks the tiles that
+    exceed the vector registers or the bounds, and makes the loops it says."""
+    cfg = ActionConfig(vector_width=16)
+    want = {"matmul": ("linalg.matmul", (1, 0)), "conv": ("linalg.conv_2d_nhwc_hwcf", (3, 2)),
+            "conv_nchw": ("linalg.conv_2d_nchw_fchw", (3, 1)), "depthwise": ("linalg.depthwise_conv_2d_nhwc_hwc", (3, 2)),
+            "batch": ("linalg.matvec", (0, None))}
+    for name, (op, geometry) in want.items():
+        ps = ProgramState(programs[name], cfg)
+        while ps.current.op.name != op:
+            ps.step(NT())
+        s = ps.current
+        assert R.geometry(s) == geometry, name
+        shapes, unroll = R.head_masks(s, cfg, 12)
+        allowed = {t for t, ok in zip(cfg.register_tiles, shapes[0]) if ok}
+        n, m = geometry
+        for rows, vectors in allowed:
+            assert rows == 1 or (m is not None and rows <= s.bounds[m]), (name, rows)
+            assert vectors == 1 or vectors * 16 <= s.bounds[n], (name, vectors)
+            assert rows * vectors + vectors + 1 <= 32
+        if m is None:
+            assert allowed == {(1, 1)}
+    # matmul 24x40x32: 6 rows x 16 columns, k innermost; the unroll factor may not exceed k's 32 trips.
+    ps = ProgramState(programs["matmul"], cfg)
+    s = ps.current
     assert s.op.name == "linalg.matmul"
-    with pytest.raises(ValueError, match="not one of its choices"):
-        fixed.encode(T((6, 16, 128)), s)
+    a = R(6, 16, 4)
+    assert a.check(s, cfg) is None
+    after = ps.step(a)
+    assert after.ended and after.unroll == 4 and after.pieces[0] == (6, 16, 1)
+    assert [(d, trips) for d, _, trips in after.last_tile] == [(0, 4), (1, 3), (2, 32)]
+    assert "exceed" in R(6, 48, 1).check(s, cfg)  # more columns than the loop has
+    assert "whole vectors" in R(2, 24, 1).check(s, cfg)
+    assert "unroll" in R(6, 16, 64).check(s, cfg)
+    # With AVX2's 16 registers, 8 rows of 2 vectors (16 accumulators) no longer fit; 6 x 2 does.
+    avx2 = ActionConfig(vector_width=8)
+    assert "vector registers" in R(8, 16, 1).check(s, avx2) and R(6, 16, 1).check(s, avx2) is None
+    # The agent can choose it: encode/decode through the env's masks, and its history block.
+    lay = ActionLayout(FeatureConfig(), cfg)
+    (vec,) = lay.encode(a, s)
+    assert lay.decode(vec, lay.masks(s), s) == a
+    hist = FeatureLayout(FeatureConfig(), cfg).action_history(after)
+    assert hist[ACTIONS.index(R)] == 1

@@ -9,7 +9,7 @@ Typical use::
         r = m.evaluate(prog, Schedule.parse("operation_1: T(8,16,1) V"))
         print(r.measurement.status, r.speedup)
 """
-from .actions import ACTIONS, I2C, NT, TF, TP, Action, Head, I, T, U, V
+from .actions import ACTIONS, I2C, NT, TF, TP, Action, Head, I, R, T, U, V
 from .cache import Measurement, TimeCache, machine_fingerprint
 from .config import ActionConfig, FeatureConfig, MeasureConfig
 from .errors import MlirInputError, ScheduleError
@@ -26,5 +26,5 @@ __all__ = [
     "ACTIONS", "ARITH_KINDS", "Action", "ActionConfig", "FeatureConfig", "FeatureLayout", "Head", "I", "I2C",
     "LinalgOp", "MeasureConfig", "Measurement", "Measurer", "MlirInputError", "NT", "OP_TYPES", "OpState",
     "Program", "ProgramState", "Result", "STATUSES", "Schedule", "ScheduleError", "Script", "T", "TF", "TP",
-    "TimeCache", "U", "V", "WorkerPool", "build_script", "machine_fingerprint", "write_transformed",
+    "R", "TimeCache", "U", "V", "WorkerPool", "build_script", "machine_fingerprint", "write_transformed",
 ]

@@ -24,6 +24,8 @@ from typing import Dict, List, Optional, Tuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .compile import CODEGEN_VERSION
+
 Key = Tuple[str, str, str]
 
 
@@ -68,7 +70,8 @@ def default_cache_dir() -> str:
 
 
 def machine_fingerprint(threads: int, opt_level: int = 3) -> str:
-    """What makes times comparable: CPU model and features, threads, compiler version."""
+    """What makes times comparable: CPU model and features, threads, compiler version,
+    the version of our code generation (`compile.CODEGEN_VERSION`)."""
     cpu = platform.processor() or platform.machine()
     flags = ""
     try:
@@ -87,7 +90,7 @@ def machine_fingerprint(threads: int, opt_level: int = 3) -> str:
         mlir = version("torch-mlir")
     except Exception:
         mlir = "unknown"
-    raw = f"{cpu}|{flags}|threads={threads}|O{opt_level}|torch-mlir={mlir}"
+    raw = f"{cpu}|{flags}|threads={threads}|O{opt_level}|torch-mlir={mlir}|codegen={CODEGEN_VERSION}"
     return hashlib.sha256(raw.encode()).hexdigest()[:12]
 
 

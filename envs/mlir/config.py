@@ -88,6 +88,12 @@ class ActionConfig:
     """With 'per_loop': choices of a tile head (0 = untiled included)."""
     vector_width: int = 0
     """f32 lanes of the vector unit the candidates follow (0: the host's: AVX-512 16, AVX2 8)."""
+    register_tiles: Tuple[Tuple[int, int], ...] = (
+        (1, 1), (1, 4), (2, 2), (2, 4), (4, 1), (4, 2), (4, 4), (6, 1), (6, 2), (6, 4), (8, 1), (8, 2),
+        (12, 2), (14, 2), (16, 1))
+    """R's choices: (rows, vectors) of the output held in registers (those exceeding the host's
+    vector registers are masked).  Whole powers of two of vectors only: 3 vectors (48 lanes)
+    measured 10x slower than 2 or 4 (matmul, AVX-512)."""
 
     def __post_init__(self):
         _check(len(self.tile_sizes) >= 1, "tile_sizes", "needs at least one size")
@@ -103,11 +109,20 @@ class ActionConfig:
                f"'fixed' or 'per_loop', got {self.tile_candidates!r}")
         _check(self.per_loop_choices >= 8, "per_loop_choices", "must be >= 8")
         _check(self.vector_width >= 0, "vector_width", "must be >= 0 (0: the host's)")
+        _check(len(self.register_tiles) >= 1 and all(len(t) == 2 and t[0] >= 1 and t[1] >= 1
+                                                     for t in self.register_tiles),
+               "register_tiles", f"needs (rows, vectors) pairs of positive integers, got {self.register_tiles}")
+        _check(len(set(self.register_tiles)) == len(self.register_tiles), "register_tiles", "has duplicates")
 
     @property
     def tile_choices(self) -> Tuple[int, ...]:
         """The per-loop choices a tile head picks from: 0 (untiled) then tile_sizes."""
         return (0,) + tuple(self.tile_sizes)
+
+    @property
+    def register_width(self) -> int:
+        """f32 lanes of one vector register: `vector_width`, else the host's."""
+        return self.vector_width or _host_vector_width()
 
     @property
     def n_tile_choices(self) -> int:
@@ -127,7 +142,7 @@ class ActionConfig:
         the bound."""
         if self.tile_candidates == "fixed":
             return self.tile_choices
-        return _loop_candidates(bound, self.per_loop_choices - 1, self.vector_width or _host_vector_width())
+        return _loop_candidates(bound, self.per_loop_choices - 1, self.register_width)
 
 
 @dataclass(frozen=True)

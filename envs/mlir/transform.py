@@ -73,6 +73,17 @@ class ScriptBuilder:
         self.add(f'{f} = transform.structured.match ops{{["func.func"]}} in %root : ({ANY}) -> {ANY}')
         self.add(f"transform.apply_patterns to {f} {{ transform.apply_patterns.canonicalization }} : {ANY}")
 
+    def early_contractions(self) -> None:
+        """Right after a vectorize: a generic contraction (im2col, P) vectorizes to a
+        multi_reduction of a product, which the next canonicalization would fold into
+        a form that no longer becomes a vector.contract; make the contract now."""
+        f = self.fresh("f")
+        self.add(f'{f} = transform.structured.match ops{{["func.func"]}} in %root : ({ANY}) -> {ANY}')
+        self.add(f"transform.apply_patterns to {f} {{")
+        self.add("  transform.apply_patterns.vector.transfer_permutation_patterns")
+        self.add("  transform.apply_patterns.vector.reduction_to_contract")
+        self.add(f"}} : {ANY}")
+
     def annotate(self, handle: str, attr: str, value: str) -> None:
         p = self.fresh("s")
         self.add(f'{p} = transform.param.constant "{value}" -> !transform.any_param')

@@ -11,8 +11,9 @@ from .base import ANY, NT, Action, Head, Picks
 from .tiling import TF, TP, T, Tiling
 from .loops import I, U
 from .rewrite import I2C, V
+from .register import R
 
 ACTIONS: Tuple[Type[Action], ...] = tuple(Action.registry.values())
 """Every transformation, in the order of the transformation head."""
 
-__all__ = ["ACTIONS", "ANY", "Action", "Head", "I", "I2C", "NT", "Picks", "T", "TF", "TP", "Tiling", "U", "V"]
+__all__ = ["ACTIONS", "ANY", "Action", "Head", "I", "I2C", "NT", "Picks", "R", "T", "TF", "TP", "Tiling", "U", "V"]

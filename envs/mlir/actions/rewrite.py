@@ -59,6 +59,7 @@ class V(Action):
                 b.add(f"{d} = transform.structured.decompose {h} : ({ANY}) -> {ANY}")
                 h = d
             b.add(f"transform.structured.vectorize {h} {{create_named_contraction}} : {ANY}")
+        b.early_contractions()
         b.vectorized = True
         b.pieces = []
 

@@ -1,0 +1,224 @@
+"""R: the register tile of a BLAS micro-kernel, then vectorize (ends the op).
+
+Every fast CPU matmul has the same inner kernel: a tile of `rows` x `cols` of
+the output held in vector registers (rows x cols/width accumulators), and a
+reduction loop that, each step, loads one row of B as cols/width vectors and
+broadcasts `rows` elements of A into FMAs.  R builds that kernel in one
+action: it tiles the output's last loop (the *vector loop*) to `cols`, one
+other output loop (the *row loop*) to `rows`, every other loop to 1 with the
+reductions innermost (the accumulators are then invariant in the reduction
+loops and are hoisted into registers), unrolls the innermost reduction loop by
+`unroll` (1: not at all) and vectorizes.  Its choices are the shapes that fit
+the host's vector registers, so that even a uniform sample is a reasonable
+kernel; cache tiles (T), threads (TP/TF) and packing (P) come before it.
+
+The row loop is an output loop absent from an operand that reads the vector
+loop (A's row in C += A x B; a conv's output column, whose filter lacks it; a
+NCHW conv's output channel), the innermost such in the output.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import numpy as np
+
+from ..errors import ScheduleError
+from ..opstate import OpState
+from .base import Action, Head, common_block
+from .loops import U
+from .rewrite import V
+from .tiling import T
+
+
+def _plain(row) -> Optional[int]:
+    """The loop a plain access row reads (one coefficient 1), else None."""
+    nz = [i for i, c in enumerate(row) if c]
+    return nz[0] if len(nz) == 1 and row[nz[0]] == 1 else None
+
+
+class R(Action):
+    """Register tile `rows` x `cols` of the output, reductions innermost, unroll, vectorize."""
+
+    name = "R"
+    ends_op = True
+    history_block = "register"
+
+    def __init__(self, rows: int, cols: int, unroll: int = 1):
+        self.rows, self.cols, self.unroll = int(rows), int(cols), int(unroll)
+
+    @property
+    def params(self):
+        return (self.rows, self.cols, self.unroll)
+
+    @classmethod
+    def from_params(cls, params):
+        if len(params) != 3:
+            raise ScheduleError(f"R takes rows, columns and an unroll factor (1: none), e.g. R(6,64,2); got {params}")
+        return cls(*params)
+
+    # --- geometry ---------------------------------------------------------------------
+    @staticmethod
+    def geometry(s: OpState) -> Optional[Tuple[int, Optional[int]]]:
+        """(vector loop, row loop or None), or None when the output's last dimension is
+        not a plain parallel loop."""
+        if len(s.stores) != 1 or not s.stores[0]:
+            return None
+        out = s.stores[0]
+        n = _plain(out[-1])
+        if n is None or s.iterator_types[n] != "parallel":
+            return None
+        cands = [d for d in (_plain(r) for r in out[:-1]) if d is not None and d != n
+                 and s.iterator_types[d] == "parallel"]
+        readers = [m for m in s.loads if any(r[n] for r in m)]
+        outer = [d for d in cands if any(not any(r[d] for r in m) for m in readers)]
+        pick = outer or cands
+        return n, (pick[-1] if pick else None)
+
+    def sizes(self, s: OpState) -> Tuple[int, ...]:
+        n, m = self.geometry(s)
+        return tuple(self.cols if d == n else self.rows if d == m else 1 for d in range(s.num_loops))
+
+    @staticmethod
+    def order(s: OpState) -> Tuple[int, ...]:
+        """Parallel loops outside, reductions innermost (each in the op's order)."""
+        it = s.iterator_types
+        return tuple([d for d in range(len(it)) if it[d] == "parallel"] +
+                     [d for d in range(len(it)) if it[d] != "parallel"])
+
+    def _tiling(self, s: OpState) -> Tuple[T, OpState]:
+        """The T that makes the kernel's loops, and the state it is applied to."""
+        return T(self.sizes(s)), s.replace(pending_interchange=self.order(s))
+
+    def tiled(self, s: OpState) -> OpState:
+        t, s2 = self._tiling(s)
+        if not t.splits(s2):  # the op already is one kernel: no loop of its own to unroll
+            return s.replace(last_tile=None)
+        return t.apply(s2, None)
+
+    # --- validity ---------------------------------------------------------------------
+    @staticmethod
+    def registers(cfg) -> int:
+        """Vector registers of the host: 32 with AVX-512, else 16."""
+        return 32 if cfg.register_width >= 16 else 16
+
+    @classmethod
+    def kernel(cls, cfg, rows: int, vectors: int, s: OpState) -> "R":
+        """The R of one (rows, vectors) choice for this op (columns clamped to a short vector loop)."""
+        n, _ = cls.geometry(s)
+        return cls(rows, min(vectors * cfg.register_width, s.bounds[n]), 1)
+
+    @classmethod
+    def shape_ok(cls, cfg, rows: int, vectors: int, s: OpState) -> bool:
+        """Whether a (rows, vectors) choice is valid here; more vectors than the vector loop
+        holds are masked rather than clamped (no two choices mean the same kernel)."""
+        n, _ = cls.geometry(s)
+        if vectors > 1 and vectors * cfg.register_width > s.bounds[n]:
+            return False
+        return cls.kernel(cfg, rows, vectors, s).check(s, cfg, shape_only=True) is None
+
+    @classmethod
+    def available(cls, s, cfg):
+        why = common_block(s, cfg, cls)
+        if why:
+            return why
+        if cls.geometry(s) is None:
+            return "the output's last dimension is not a plain parallel loop to vectorize"
+        if not any(cls.shape_ok(cfg, r, v, s) for r, v in cfg.register_tiles):
+            return "no register tile fits this op"
+        return None
+
+    def check(self, s, cfg, shape_only: bool = False):
+        why = common_block(s, cfg, type(self))
+        if why:
+            return why
+        g = self.geometry(s)
+        if g is None:
+            return "the output's last dimension is not a plain parallel loop to vectorize"
+        n, m = g
+        w = cfg.register_width
+        if self.rows < 1 or self.cols < 1:
+            return f"rows and columns must be >= 1, got {self.rows}x{self.cols}"
+        if self.cols > s.bounds[n]:
+            return f"{self.cols} columns exceed the vector loop's bound {s.bounds[n]}"
+        if self.cols > w and self.cols % w:
+            return f"{self.cols} columns are not whole vectors of {w}"
+        if m is None and self.rows > 1:
+            return "the op has no row loop: rows must be 1"
+        if m is not None and self.rows > s.bounds[m]:
+            return f"{self.rows} rows exceed the row loop's bound {s.bounds[m]}"
+        vectors = -(-self.cols // w)
+        if self.rows * vectors + vectors + 1 > self.registers(cfg):
+            return (f"{self.rows}x{vectors} accumulators, {vectors} row vectors and a broadcast exceed "
+                    f"{self.registers(cfg)} vector registers")
+        tiled = self.tiled(s)
+        why = V.available(tiled, cfg)
+        if why:
+            return f"the register tile cannot be vectorized: {why}"
+        if shape_only:
+            return None
+        if self.unroll != 1:
+            target = U.target(tiled)
+            if target is None:
+                return "no reduction loop to unroll"
+            if self.unroll < 1 or self.unroll > target[2]:
+                return f"unroll {self.unroll} is not in 1..{target[2]} (the reduction loop's trips)"
+        return None
+
+    # --- heads ------------------------------------------------------------------------
+    @classmethod
+    def heads(cls, cfg, max_loops):
+        return (Head("register_tile", 1, len(cfg.register_tiles)),
+                Head("register_unroll", 1, 1 + len(cfg.unroll_factors)))
+
+    @classmethod
+    def unroll_choices(cls, cfg) -> Tuple[int, ...]:
+        return (1,) + tuple(cfg.unroll_factors)
+
+    @classmethod
+    def head_masks(cls, s, cfg, max_loops, picked=()):
+        shapes = np.array([[cls.shape_ok(cfg, r, v, s) for r, v in cfg.register_tiles]], bool)
+        # Unroll factors the innermost reduction loop allows (its trips do not depend on the shape).
+        target = U.target(cls.kernel(cfg, 1, 1, s).tiled(s))
+        unroll = np.array([[u == 1 or (target is not None and u <= target[2]) for u in cls.unroll_choices(cfg)]], bool)
+        return [shapes, unroll]
+
+    @classmethod
+    def build(cls, s, cfg, picks):
+        r, v = cfg.register_tiles[int(picks[0][0][0])]
+        k = cls.kernel(cfg, r, v, s)
+        return cls(k.rows, k.cols, cls.unroll_choices(cfg)[int(picks[0][1][0])])
+
+    def picks(self, s, cfg, max_loops):
+        w = cfg.register_width
+        shape = (self.rows, -(-self.cols // w))
+        if shape not in cfg.register_tiles:
+            raise ValueError(f"{self}: register tile {shape[0]}x{shape[1]} vectors is not one of {cfg.register_tiles}")
+        if self.unroll not in self.unroll_choices(cfg):
+            raise ValueError(f"{self}: unroll {self.unroll} is not one of {self.unroll_choices(cfg)}")
+        return [[np.array([cfg.register_tiles.index(shape)], np.int64),
+                 np.array([self.unroll_choices(cfg).index(self.unroll)], np.int64)]]
+
+    # --- ActionHistory ----------------------------------------------------------------
+    @classmethod
+    def history_size(cls, max_loops):
+        return 3
+
+    def history(self, cfg, max_loops):
+        big = math.log2(max(max(r for r, _ in cfg.register_tiles), 2) + 1)
+        wide = math.log2(max(v for _, v in cfg.register_tiles) * cfg.register_width + 1)
+        return np.array([min(1.0, math.log2(self.rows + 1) / big), min(1.0, math.log2(self.cols + 1) / wide),
+                         min(1.0, math.log2(self.unroll) / math.log2(max(cfg.unroll_factors)))], np.float32)
+
+    # --- semantics --------------------------------------------------------------------
+    def apply(self, s, ctx):
+        tiled = self.tiled(s)
+        return tiled.replace(ended=True, unroll=self.unroll if self.unroll > 1 else None)
+
+    def emit(self, b, s, ctx):
+        t, s2 = self._tiling(s)
+        t.emit(b, s2, ctx)
+        tiled = self.tiled(s)
+        V().emit(b, tiled, ctx)
+        if self.unroll > 1:
+            b.unroll_later(U.target(tiled)[1], self.unroll)
