@@ -90,9 +90,9 @@ def module_config(cfg: Dict[str, Any], env: Dict[str, Any]) -> Dict[str, Any]:
     return {**cfg["model"], "action_layout": ActionLayout(ec.features, ec.actions).spec()}
 
 
-VAL_METRIC = "mlir/val_speedup_geomean"
+from rllib_models.callbacks import VAL_METRIC  # noqa: E402
 """What "best checkpoint" means when a run validates: the greedy policy's geometric-mean
-speedup on held-out training programs (never the eval split)."""
+speedup on held-out training programs (never the eval split); a top-level result key."""
 
 
 def validation(cfg: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -153,6 +153,10 @@ def build_algo_config(cfg: Dict[str, Any]):
     threads = env["measure"]["threads"]
     runners = int(res.get("num_env_runners", 1))
     runner_cpus = int(res.get("num_cpus_per_env_runner", threads))
+    learners = int(res.get("num_learners", 0))
+    if learners < 0:
+        raise ConfigError(f"{cfg['_path']}: resources.num_learners must be >= 0 (0: one learner in the "
+                          f"algorithm's process), got {learners}")
     if runners and runner_cpus < threads:
         raise ConfigError(f"{cfg['_path']}: resources.num_cpus_per_env_runner = {runner_cpus} is less than the "
                           f"{threads} timing threads (env.measure.threads): an env runner must reserve the CPUs "
@@ -163,7 +167,8 @@ def build_algo_config(cfg: Dict[str, Any]):
         .framework("torch")
         .env_runners(num_env_runners=runners, num_cpus_per_env_runner=runner_cpus,
                      rollout_fragment_length="auto", sample_timeout_s=600)
-        .learners(num_learners=0, num_gpus_per_learner=float(res.get("num_gpus_per_learner", 0)))
+        .learners(num_learners=learners, num_gpus_per_learner=float(res.get("num_gpus_per_learner", 0)),
+                  num_cpus_per_learner=res.get("num_cpus_per_learner", "auto"))
         .rl_module(rl_module_spec=RLModuleSpec(module_class=MlirPolicyModule, model_config=module_config(cfg, env)))
         .callbacks(SchedulingMetrics)
     )
@@ -177,11 +182,16 @@ def build_algo_config(cfg: Dict[str, Any]):
     if not runners:  # sampling (and so timing) in the algorithm's own process: it reserves the CPUs
         config.resources(num_cpus_for_main_process=max(1, threads))
     if res.get("custom_resources_per_learner"):
-        # The learner lives in the algorithm's own process (num_learners=0): its bundle carries them.
+        # With num_learners 0 the learner lives in the algorithm's own process: its bundle carries them.
         # This is how placement on the GPU node is tested without a GPU (a stand-in resource).
-        config.resources(custom_resources_for_main_process=dict(res["custom_resources_per_learner"]))
+        if learners:
+            config.learners(custom_resources_per_learner=dict(res["custom_resources_per_learner"]))
+        else:
+            config.resources(custom_resources_for_main_process=dict(res["custom_resources_per_learner"]))
     if res.get("placement_strategy"):
         config.resources(placement_strategy=str(res["placement_strategy"]))
+    if cfg.get("run", {}).get("seed") is not None:  # torch, numpy and the env runners' envs
+        config.debugging(seed=int(cfg["run"]["seed"]))
     try:
         config.training(**ppo)
     except TypeError as e:
@@ -202,8 +212,12 @@ def dry_run(cfg: Dict[str, Any]) -> None:
     print(f"model {cfg['model'].get('model_type', 'lstm')} ({cfg['_path']})")
     for part, n in module.parameter_counts().items():
         print(f"  {part:<14} {n:>12,d} parameters")
-    print(f"learner:    1, in the algorithm's process ({res.get('num_gpus_per_learner', 0)} GPU, "
-          f"{config.num_cpus_for_main_process} CPU)")
+    if config.num_learners:
+        print(f"learners:   {config.num_learners} x ({config.num_gpus_per_learner:g} GPU, "
+              f"{config.num_cpus_per_learner} CPU), each its own process")
+    else:
+        print(f"learner:    1, in the algorithm's process ({config.num_gpus_per_learner:g} GPU, "
+              f"{config.num_cpus_for_main_process} CPU)")
     threads = config.env_config["measure"]["threads"]
     if config.num_env_runners:
         print(f"env runners: {config.num_env_runners} x ({config.num_cpus_per_env_runner} CPU, "
@@ -225,17 +239,47 @@ def check_cpus(config) -> None:
                           f"env.measure.threads")
 
 
-def check_gpus(cfg: Dict[str, Any], address: Optional[str]) -> None:
-    """A GPU asked for where none exists fails now, not as an endless wait."""
-    want = float(cfg["resources"].get("num_gpus_per_learner", 0))
-    if want <= 0:
-        return
+def _requested(config) -> Dict[str, float]:
+    """What the trial will reserve (RLlib's own placement request), resource by resource."""
+    from ray.rllib.algorithms.ppo import PPO
+    return dict(PPO.default_resource_request(config).required_resources)
+
+
+def fit_resources(cfg: Dict[str, Any], args, address: Optional[str]) -> None:
+    """Fit the run to the Ray cluster it found, one printed line per change: without the
+    GPUs asked for, the learners run on CPUs (an error instead when --gpus-per-learner asked
+    for them); env runners beyond the CPUs the cluster has are dropped (unless
+    --num-env-runners set them), so that a laptop never waits for 16 CPUs."""
     import ray
-    have = ray.cluster_resources().get("GPU", 0.0)
-    if have < want:
-        where = f"the cluster at {address}" if address else "this machine"
-        raise ConfigError(f"resources.num_gpus_per_learner = {want:g}, but {where} has {have:g} GPU(s); "
-                          "set it to 0 (or --gpus-per-learner 0) to learn on a CPU")
+    res = cfg["resources"]
+    where = f"the cluster at {address}" if address else "this machine"
+    have = ray.cluster_resources()
+    learners = int(res.get("num_learners", 0))
+    per = float(res.get("num_gpus_per_learner", 0))
+    need = per * max(1, learners)
+    gpus = float(have.get("GPU", 0.0))
+    if per > 0 and gpus < need:
+        if args.gpus_per_learner is not None:
+            raise ConfigError(f"resources.num_gpus_per_learner = {per:g}, but {where} has {gpus:g} GPU(s); "
+                              "set it to 0 (or --gpus-per-learner 0) to learn on a CPU")
+        res["num_gpus_per_learner"] = 0
+        print(f"{where} has {gpus:g} GPU(s), {need:g} asked for: the learner{'s' if learners > 1 else ''} "
+              f"run{'' if learners > 1 else 's'} on CPUs (--gpus-per-learner N to require GPUs)")
+    cpus = float(have.get("CPU", 0.0))
+    if args.num_env_runners is None:
+        asked = runners = int(res.get("num_env_runners", 1))
+        while runners > 0 and _requested(build_algo_config(cfg)).get("CPU", 0.0) > cpus:
+            runners -= 1
+            res["num_env_runners"] = runners
+        if runners != asked:
+            print(f"{where} has {cpus:g} CPUs: {runners} env runner(s) instead of {asked} "
+                  f"(resources.num_env_runners; --num-env-runners N to insist)"
+                  + ("; sampling in the algorithm's process" if not runners else ""))
+    want = _requested(build_algo_config(cfg)).get("CPU", 0.0)
+    if want > cpus:
+        raise ConfigError(f"the run reserves {want:g} CPUs (learners, env runners, the algorithm's process) but "
+                          f"{where} has {cpus:g}; lower resources.num_env_runners / num_learners / "
+                          f"num_cpus_per_learner")
 
 
 def best_checkpoint(results, validated: bool) -> Optional[str]:
@@ -293,9 +337,13 @@ def main(argv=None) -> int:
                     help="picks tune_configs/<model>.yaml (default lstm)")
     ap.add_argument("--config", help="another run configuration (YAML)")
     ap.add_argument("--address", help="join a Ray cluster ('auto' or host:port); default: an embedded local Ray")
-    ap.add_argument("--num-env-runners", type=int)
-    ap.add_argument("--gpus-per-learner", type=float)
+    ap.add_argument("--num-env-runners", type=int, help="env runners (default: the config's, capped to the "
+                    "cluster's CPUs; given, never capped)")
+    ap.add_argument("--gpus-per-learner", type=float, help="GPUs of each learner (fractions share a GPU); "
+                    "given, a cluster without them is an error instead of CPU learners")
+    ap.add_argument("--num-learners", type=int, help="learner processes (0: one, in the algorithm's process)")
     ap.add_argument("--stop-iters", type=int)
+    ap.add_argument("--seed", type=int, help="run.seed: seeds torch, numpy and the envs (default: none)")
     ap.add_argument("--stop-time", type=float, help="seconds")
     ap.add_argument("--results-dir")
     ap.add_argument("--resume", action="store_true", help="continue the run in results-dir/name")
@@ -310,8 +358,12 @@ def main(argv=None) -> int:
             res["num_env_runners"] = args.num_env_runners
         if args.gpus_per_learner is not None:
             res["num_gpus_per_learner"] = args.gpus_per_learner
+        if args.num_learners is not None:
+            res["num_learners"] = args.num_learners
         if args.stop_iters is not None:
             run["stop_iters"] = args.stop_iters
+        if args.seed is not None:
+            run["seed"] = args.seed
         if args.stop_time is not None:
             run["stop_time_s"] = args.stop_time
         if args.results_dir:
@@ -342,8 +394,12 @@ def train(cfg: Dict[str, Any], args) -> int:
     from envs.mlir.config import available_cpus
 
     run = cfg["run"]
-    if args.address:
-        ctx = ray.init(address=args.address)
+    address = args.address
+    if not address and os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`: that job's cluster
+        address = os.environ["RAY_ADDRESS"]
+        print(f"joining the Ray cluster at RAY_ADDRESS={address}")
+    if address:
+        ctx = ray.init(address=address)
         run.setdefault("shared_cache", True)  # env runners on many nodes: one cache for all
     else:
         # address="local": always a new instance of our own, never someone else's cluster.
@@ -356,7 +412,7 @@ def train(cfg: Dict[str, Any], args) -> int:
             ray.shutdown()
             ctx = ray.init(address="local", num_cpus=available_cpus(), include_dashboard=False)
     try:
-        check_gpus(cfg, args.address)
+        fit_resources(cfg, args, address)
         if run.get("shared_cache"):
             from envs.mlir.shared_cache import ACTOR_NAME, start_server
             folder = env_config(cfg)["measure"]["cache_dir"]

@@ -114,6 +114,8 @@ def main() -> int:
     ap.add_argument("--tile-candidates", choices=("fixed", "per_loop"), default="fixed",
                     help="the searches' tile choices (ActionConfig.tile_candidates)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-search", action="store_true",
+                    help="the policy alone (with --checkpoint): no random or greedy search")
     ap.add_argument("--cache-dir", default="", help="time cache of the searches (default: the project's)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "vs_pytorch.json"))
     ap.add_argument("--torch-times", default="", help=argparse.SUPPRESS)  # internal: the PyTorch timing process
@@ -125,6 +127,8 @@ def main() -> int:
         _table(result)
         _plots(result, os.path.splitext(args.out)[0])
         return 0
+    if args.no_search and not args.checkpoint:
+        ap.error("--no-search needs --checkpoint (there would be nothing to compare)")
     if args.torch_times:
         _torch_times_main(args.torch_times, args.threads or 1)
         return 0
@@ -144,7 +148,8 @@ def main() -> int:
     peak = fma_peak(threads)
     print(f"FMA peak: {peak['gflops']:.0f} GFLOP/s on {threads} thread(s) (vector<{peak['vector_width']}xf32>)",
           flush=True)
-    methods = ["untransformed", "random_8", f"random_{args.budget}", "greedy_8", f"greedy_{args.budget}"]
+    searches = () if args.no_search else ("random", "greedy")
+    methods = ["untransformed"] + [f"{m}_{k}" for m in searches for k in (8, args.budget)]
     if args.checkpoint:
         methods = ["untransformed", "policy_1", "policy_8"] + methods[1:]
     methods = list(dict.fromkeys(methods))  # --budget 8: one column each
@@ -174,10 +179,13 @@ def main() -> int:
             name = row["name"]
             program = env.load(name)
             torch_s = torch_times[name]
-            trials = {"random": random_search(env, name, args.budget, args.seed),
-                      "greedy": greedy_search(env, name, args.budget, seed=args.seed)}
+            trials = {}
+            if "random" in searches:
+                trials["random"] = random_search(env, name, args.budget, args.seed)
+            if "greedy" in searches:
+                trials["greedy"] = greedy_search(env, name, args.budget, seed=args.seed)
             winners = {"untransformed": ""}
-            for m in ("random", "greedy"):
+            for m in searches:
                 winners[f"{m}_8"] = trials[m].best_of(8)[0]
                 winners[f"{m}_{args.budget}"] = trials[m].best_of(args.budget)[0]
             if args.checkpoint:

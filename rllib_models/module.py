@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ray.rllib.core.columns import Columns
-from ray.rllib.core.rl_module.apis import ValueFunctionAPI
+from ray.rllib.core.rl_module.apis import InferenceOnlyAPI, ValueFunctionAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
 
 from .distribution import HierarchicalMaskedDistribution, fold_masks
@@ -30,7 +30,7 @@ from .layout import check_layout, logit_count
 from .encoders import build_encoder
 
 
-class MlirPolicyModule(TorchRLModule, ValueFunctionAPI):
+class MlirPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
     def setup(self):
         obs, act = self.observation_space, self.action_space
         cfg = dict(self.model_config or {})
@@ -84,9 +84,15 @@ class MlirPolicyModule(TorchRLModule, ValueFunctionAPI):
             emb = self._encode(obs, self.vf_encoder)
         return self.vf(emb).squeeze(-1)
 
+    def get_non_inference_attributes(self):
+        """Env runners build the module `inference_only`: RLlib then drops these (the value
+        head and, when not shared, the value encoder: half a DistilBERT) and ships only
+        the rest of the weights to them."""
+        return ["vf"] + ([] if self.vf_share_encoder else ["vf_encoder"])
+
     def parameter_counts(self) -> Dict[str, int]:
         """Parameters per part (for --dry-run and the learner benchmark)."""
         count = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731
         heads = count(self.pi) + count(self.logits_head)
-        return {"encoder": count(self.encoder), "value_encoder": count(self.vf_encoder), "policy_heads": heads,
-                "value_head": count(self.vf), "total": count(self)}
+        return {"encoder": count(self.encoder), "value_encoder": count(getattr(self, "vf_encoder", None)),
+                "policy_heads": heads, "value_head": count(getattr(self, "vf", None)), "total": count(self)}

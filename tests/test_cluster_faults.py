@@ -104,8 +104,14 @@ def test_killed_driver_resumes_and_no_flushed_cache_entry_is_lost(cluster, tmp_p
 
 
 def test_a_gpu_the_cluster_lacks_stops_at_once(cluster, tmp_path):
+    """Inside a cluster job (RAY_ADDRESS set, as `ray job submit` does) tune_run joins that
+    cluster without --address; a GPU asked for by flag that it lacks stops the run at once."""
     c, _ = cluster
-    proc = _start(_config(tmp_path, "gpu", stop_iters=1), c, tmp_path, "--gpus-per-learner", "1")
+    env = dict(os.environ, MLIR_RL_CACHE=str(tmp_path / "cache"), RAY_ADDRESS=c.address)
+    proc = subprocess.Popen([sys.executable, "tune_run.py", "--config", _config(tmp_path, "gpu", stop_iters=1),
+                             "--results-dir", str(tmp_path / "results"), "--no-eval", "--gpus-per-learner", "1"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 2
+    assert proc.returncode == 2, out[-3000:]
+    assert f"joining the Ray cluster at RAY_ADDRESS={c.address}" in out
     assert f"the cluster at {c.address} has 0 GPU(s)" in out
