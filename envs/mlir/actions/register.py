@@ -18,6 +18,7 @@ NCHW conv's output channel), the innermost such in the output.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Tuple
 
@@ -118,13 +119,18 @@ class R(Action):
         return cls.kernel(cfg, rows, vectors, s).check(s, cfg, shape_only=True) is None
 
     @classmethod
+    def shape_mask(cls, s: OpState, cfg) -> Tuple[bool, ...]:
+        """`shape_ok` of every choice (the masks and `available` both ask, at every env step)."""
+        return _shape_mask(cls, s, cfg)
+
+    @classmethod
     def available(cls, s, cfg):
         why = common_block(s, cfg, cls)
         if why:
             return why
         if cls.geometry(s) is None:
             return "the output's last dimension is not a plain parallel loop to vectorize"
-        if not any(cls.shape_ok(cfg, r, v, s) for r, v in cfg.register_tiles):
+        if not any(cls.shape_mask(s, cfg)):
             return "no register tile fits this op"
         return None
 
@@ -177,7 +183,7 @@ class R(Action):
 
     @classmethod
     def head_masks(cls, s, cfg, max_loops, picked=()):
-        shapes = np.array([[cls.shape_ok(cfg, r, v, s) for r, v in cfg.register_tiles]], bool)
+        shapes = np.array([cls.shape_mask(s, cfg)], bool)
         # Unroll factors the innermost reduction loop allows (its trips do not depend on the shape).
         target = U.target(cls.kernel(cfg, 1, 1, s).tiled(s))
         unroll = np.array([[u == 1 or (target is not None and u <= target[2]) for u in cls.unroll_choices(cfg)]], bool)
@@ -222,3 +228,8 @@ class R(Action):
         V().emit(b, tiled, ctx)
         if self.unroll > 1:
             b.unroll_later(U.target(tiled)[1], self.unroll)
+
+
+@functools.lru_cache(maxsize=256)
+def _shape_mask(cls, s: OpState, cfg) -> Tuple[bool, ...]:
+    return tuple(cls.shape_ok(cfg, r, v, s) for r, v in cfg.register_tiles)
