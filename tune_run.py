@@ -226,6 +226,7 @@ def dry_run(cfg: Dict[str, Any]) -> None:
         print(f"env runners: none (sampling in the algorithm's process, {config.num_cpus_for_main_process} CPU, "
               f"timing threads {threads})")
     print(f"benchmarks: {len(env.names)} of the {config.env_config.get('split', 'train')} split")
+    print("(as the config asks: a run fits GPUs and env runners to the cluster it finds; flags insist)")
 
 
 def check_cpus(config) -> None:
