@@ -90,11 +90,6 @@ def module_config(cfg: Dict[str, Any], env: Dict[str, Any]) -> Dict[str, Any]:
     return {**cfg["model"], "action_layout": ActionLayout(ec.features, ec.actions).spec()}
 
 
-from rllib_models.callbacks import VAL_METRIC  # noqa: E402
-"""What "best checkpoint" means when a run validates: the greedy policy's geometric-mean
-speedup on held-out training programs (never the eval split); a top-level result key."""
-
-
 def validation(cfg: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     """``run.validate`` ({benchmarks: [...], every: N}), checked: training-suite programs
     the run does not train on, none of the eval split."""
@@ -267,16 +262,18 @@ def fit_resources(cfg: Dict[str, Any], args, address: Optional[str]) -> None:
         print(f"{where} has {gpus:g} GPU(s), {need:g} asked for: the learner{'s' if learners > 1 else ''} "
               f"run{'' if learners > 1 else 's'} on CPUs (--gpus-per-learner N to require GPUs)")
     cpus = float(have.get("CPU", 0.0))
-    if args.num_env_runners is None:
-        asked = runners = int(res.get("num_env_runners", 1))
-        while runners > 0 and _requested(build_algo_config(cfg)).get("CPU", 0.0) > cpus:
-            runners -= 1
-            res["num_env_runners"] = runners
-        if runners != asked:
-            print(f"{where} has {cpus:g} CPUs: {runners} env runner(s) instead of {asked} "
-                  f"(resources.num_env_runners; --num-env-runners N to insist)"
-                  + ("; sampling in the algorithm's process" if not runners else ""))
-    want = _requested(build_algo_config(cfg)).get("CPU", 0.0)
+    config = build_algo_config(cfg)
+    excess = _requested(config).get("CPU", 0.0) - cpus
+    if args.num_env_runners is None and config.num_env_runners and excess > 0:
+        # Each env runner reserves its own CPUs: drop as many as the excess needs.
+        asked = config.num_env_runners
+        runners = max(0, asked - math.ceil(excess / config.num_cpus_per_env_runner))
+        res["num_env_runners"] = runners
+        config = build_algo_config(cfg)
+        print(f"{where} has {cpus:g} CPUs: {runners} env runner(s) instead of {asked} "
+              f"(resources.num_env_runners; --num-env-runners N to insist)"
+              + ("; sampling in the algorithm's process" if not runners else ""))
+    want = _requested(config).get("CPU", 0.0)
     if want > cpus:
         raise ConfigError(f"the run reserves {want:g} CPUs (learners, env runners, the algorithm's process) but "
                           f"{where} has {cpus:g}; lower resources.num_env_runners / num_learners / "
@@ -285,6 +282,7 @@ def fit_resources(cfg: Dict[str, Any], args, address: Optional[str]) -> None:
 
 def best_checkpoint(results, validated: bool) -> Optional[str]:
     """The best checkpoint by the validation metric when the run validates, else the latest one (said so)."""
+    from rllib_models.callbacks import VAL_METRIC  # the greedy policy on held-out training programs
     done = [r for r in results if r.checkpoint is not None]
     if not done:
         return None
@@ -393,6 +391,7 @@ def train(cfg: Dict[str, Any], args) -> int:
     from ray.rllib.algorithms.ppo import PPO
 
     from envs.mlir.config import available_cpus
+    from rllib_models.callbacks import VAL_METRIC  # "best checkpoint": see best_checkpoint
 
     run = cfg["run"]
     address = args.address

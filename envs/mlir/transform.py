@@ -68,17 +68,21 @@ class ScriptBuilder:
     def start_op(self, s: OpState) -> None:
         self.pieces = self.split(self.match_tag(s.op.tag), len(s.pieces))
 
-    def canonicalize(self) -> None:
+    def match_func(self) -> str:
+        """A handle to the program's function (what whole-function pattern groups apply to)."""
         f = self.fresh("f")
         self.add(f'{f} = transform.structured.match ops{{["func.func"]}} in %root : ({ANY}) -> {ANY}')
+        return f
+
+    def canonicalize(self) -> None:
+        f = self.match_func()
         self.add(f"transform.apply_patterns to {f} {{ transform.apply_patterns.canonicalization }} : {ANY}")
 
     def early_contractions(self) -> None:
         """Right after a vectorize: a generic contraction (im2col, P) vectorizes to a
         multi_reduction of a product, which the next canonicalization would fold into
         a form that no longer becomes a vector.contract; make the contract now."""
-        f = self.fresh("f")
-        self.add(f'{f} = transform.structured.match ops{{["func.func"]}} in %root : ({ANY}) -> {ANY}')
+        f = self.match_func()
         self.add(f"transform.apply_patterns to {f} {{")
         self.add("  transform.apply_patterns.vector.transfer_permutation_patterns")
         self.add("  transform.apply_patterns.vector.reduction_to_contract")
@@ -95,8 +99,7 @@ class ScriptBuilder:
     def epilogue(self) -> None:
         self.canonicalize()
         if self.vectorized:
-            f = self.fresh("f")
-            self.add(f'{f} = transform.structured.match ops{{["func.func"]}} in %root : ({ANY}) -> {ANY}')
+            f = self.match_func()
             # Pattern groups that must stay apart: canonicalization with shape-cast lowering,
             # and dropping leading unit dims with contraction rewrites, never terminate.
             # Outer products are what make FMAs.
