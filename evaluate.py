@@ -87,6 +87,8 @@ def evaluate_checkpoint(checkpoint: str, split: str = "eval", suite: str = "", b
     module = load_module(checkpoint)
     env_cfg = copy.deepcopy(env_overrides or {})
     env_cfg.pop("benchmarks", None)
+    # One process evaluates on its own disk cache: a run's cluster cache actor is gone by now.
+    (env_cfg.get("measure") or {}).pop("shared_cache", None)
     env_cfg.update(split=split, suite=suite)
     tmp = None
     if mlir_file:
@@ -101,7 +103,9 @@ def evaluate_checkpoint(checkpoint: str, split: str = "eval", suite: str = "", b
     if benchmarks:
         env_cfg["benchmarks"] = list(benchmarks)
     env = MlirScheduleEnv(env_cfg)
-    fresh = Measurer(env.cfg.measure.__class__(**{**env.cfg.measure.__dict__, "cache_dir": ""}), env.cfg.actions)
+    # No cache of any kind: the winners are compiled, run and checked again.
+    fresh = Measurer(env.cfg.measure.__class__(**{**env.cfg.measure.__dict__, "cache_dir": "", "shared_cache": ""}),
+                     env.cfg.actions)
     rows = []
     print(f"evaluating {checkpoint} on {len(env.names)} benchmark(s), budget {samples} measurement(s) each")
     try:

@@ -49,15 +49,38 @@ def load_config(path: str) -> Dict[str, Any]:
     return cfg
 
 
+SPACES = ("grid_search", "choice", "loguniform", "uniform", "randint")
+
+
 def _search_space(value):
-    """YAML {grid_search: [...]} / {choice: [...]} -> Tune search spaces."""
+    """YAML {grid_search: [...]} / {choice: [...]} / {loguniform: [lo, hi]} / {uniform: [lo, hi]} /
+    {randint: [lo, hi]} -> Tune search spaces, in nested mappings too (the model section's encoder)."""
     from ray import tune
-    if isinstance(value, dict) and len(value) == 1:
+    if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in SPACES:
         (k, v), = value.items()
         if k == "grid_search":
             return tune.grid_search(list(v))
         if k == "choice":
             return tune.choice(list(v))
+        lo, hi = v
+        return {"loguniform": tune.loguniform, "uniform": tune.uniform, "randint": tune.randint}[k](lo, hi)
+    if isinstance(value, dict):
+        return {k: _search_space(v) for k, v in value.items()}
+    return value
+
+
+def one_trial(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The configuration with every search space at its first value: what a dry run builds
+    and what resources are fitted with (RLlib validates values; the spaces are Tune's)."""
+    return {**cfg, "model": _first(cfg["model"]), "ppo": _first(cfg["ppo"])}
+
+
+def _first(value):
+    """A search space's first (or lowest) value."""
+    if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in SPACES:
+        return list(next(iter(value.values())))[0]
+    if isinstance(value, dict):
+        return {k: _first(v) for k, v in value.items()}
     return value
 
 
@@ -87,7 +110,7 @@ def module_config(cfg: Dict[str, Any], env: Dict[str, Any]) -> Dict[str, Any]:
     """The model section plus the env's action layout (plain data: the module needs no env import)."""
     from envs import ActionLayout, EnvConfig
     ec = EnvConfig.coerce(env)
-    return {**cfg["model"], "action_layout": ActionLayout(ec.features, ec.actions).spec()}
+    return {**_search_space(cfg["model"]), "action_layout": ActionLayout(ec.features, ec.actions).spec()}
 
 
 def validation(cfg: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -126,13 +149,6 @@ def save_env_config(exp_dir: str, env: Dict[str, Any]) -> None:
         json.dump(env, f, indent=1)
 
 
-def _local(env: Dict[str, Any]) -> Dict[str, Any]:
-    """The env settings for this process alone: the cluster's cache actor is gone after training."""
-    env = copy.deepcopy(env)
-    env.get("measure", {}).pop("shared_cache", None)
-    return env
-
-
 def build_algo_config(cfg: Dict[str, Any]):
     """The PPOConfig of a run configuration."""
     from ray.rllib.algorithms.ppo import PPOConfig
@@ -164,7 +180,9 @@ def build_algo_config(cfg: Dict[str, Any]):
                      rollout_fragment_length="auto", sample_timeout_s=600)
         .learners(num_learners=learners, num_gpus_per_learner=float(res.get("num_gpus_per_learner", 0)),
                   num_cpus_per_learner=res.get("num_cpus_per_learner", "auto"))
-        .rl_module(rl_module_spec=RLModuleSpec(module_class=MlirPolicyModule, model_config=module_config(cfg, env)))
+        # The model settings go in the config's model_config (not the spec's), where Tune resolves
+        # search spaces over the encoder (a sweep); the spec takes them from there.
+        .rl_module(rl_module_spec=RLModuleSpec(module_class=MlirPolicyModule), model_config=module_config(cfg, env))
         .callbacks(SchedulingMetrics)
     )
     val = validation(cfg)
@@ -183,14 +201,21 @@ def build_algo_config(cfg: Dict[str, Any]):
             config.learners(custom_resources_per_learner=dict(res["custom_resources_per_learner"]))
         else:
             config.resources(custom_resources_for_main_process=dict(res["custom_resources_per_learner"]))
+    if res.get("custom_resources_per_env_runner"):  # e.g. {rollout_slot: 1}: runners only on nodes that have it
+        config.env_runners(custom_resources_per_env_runner=dict(res["custom_resources_per_env_runner"]))
     if res.get("placement_strategy"):
         config.resources(placement_strategy=str(res["placement_strategy"]))
     if cfg.get("run", {}).get("seed") is not None:  # torch, numpy and the env runners' envs
         config.debugging(seed=int(cfg["run"]["seed"]))
+    spaces = {k: v for k, v in ppo.items() if v is not cfg["ppo"][k]}
     try:
-        config.training(**ppo)
+        config.training(**{k: v for k, v in ppo.items() if k not in spaces})
     except TypeError as e:
         raise ConfigError(f"{cfg['_path']}: invalid setting in ppo: {e}") from None
+    for k, v in spaces.items():  # training() checks values; Tune resolves these before the algorithm sees them
+        if not hasattr(config, k) or k.startswith("_"):
+            raise ConfigError(f"{cfg['_path']}: invalid setting in ppo: {k!r} is not a PPO setting")
+        setattr(config, k, v)
     return config
 
 
@@ -198,6 +223,9 @@ def dry_run(cfg: Dict[str, Any]) -> None:
     """Build the config and the module; print parameter counts and resources."""
     from envs import MlirScheduleEnv
     from rllib_models.module import MlirPolicyModule
+    if one_trial(cfg) != cfg:
+        print("(search spaces: built with the first value of each)")
+        cfg = one_trial(cfg)
     config = build_algo_config(cfg)
     env = MlirScheduleEnv(config.env_config)
     module = MlirPolicyModule(observation_space=env.observation_space, action_space=env.action_space,
@@ -245,7 +273,9 @@ def fit_resources(cfg: Dict[str, Any], args, address: Optional[str]) -> None:
     """Fit the run to the Ray cluster it found, one printed line per change: without the
     GPUs asked for, the learners run on CPUs (an error instead when --gpus-per-learner asked
     for them); env runners beyond the CPUs the cluster has are dropped (unless
-    --num-env-runners set them), so that a laptop never waits for 16 CPUs."""
+    --num-env-runners set them), so that a laptop never waits for 16 CPUs. Env runners routed
+    by a custom resource (resources.custom_resources_per_env_runner) go to nodes an autoscaler
+    may still add: they are never capped."""
     import ray
     res = cfg["resources"]
     where = f"the cluster at {address}" if address else "this machine"
@@ -262,30 +292,40 @@ def fit_resources(cfg: Dict[str, Any], args, address: Optional[str]) -> None:
         print(f"{where} has {gpus:g} GPU(s), {need:g} asked for: the learner{'s' if learners > 1 else ''} "
               f"run{'' if learners > 1 else 's'} on CPUs (--gpus-per-learner N to require GPUs)")
     cpus = float(have.get("CPU", 0.0))
-    config = build_algo_config(cfg)
+    routed = res.get("custom_resources_per_env_runner") or {}
+    config = build_algo_config(one_trial(cfg))
     excess = _requested(config).get("CPU", 0.0) - cpus
-    if args.num_env_runners is None and config.num_env_runners and excess > 0:
+    if args.num_env_runners is None and config.num_env_runners and excess > 0 and not routed:
         # Each env runner reserves its own CPUs: drop as many as the excess needs.
         asked = config.num_env_runners
         runners = max(0, asked - math.ceil(excess / config.num_cpus_per_env_runner))
         res["num_env_runners"] = runners
-        config = build_algo_config(cfg)
+        config = build_algo_config(one_trial(cfg))
         print(f"{where} has {cpus:g} CPUs: {runners} env runner(s) instead of {asked} "
               f"(resources.num_env_runners; --num-env-runners N to insist)"
               + ("; sampling in the algorithm's process" if not runners else ""))
+    for name, n in routed.items():
+        if config.num_env_runners and have.get(name, 0.0) < n:
+            if not address:  # an embedded Ray never gets such a node: the run would wait forever
+                raise ConfigError(f"resources.custom_resources_per_env_runner asks for {name!r}, which "
+                                  f"{where} does not have; drop it (--env-runner-resources '') for a local run")
+            print(f"{where} has no {name!r} yet: the env runners wait for nodes that have it "
+                  "(the autoscaler adds them)")
     want = _requested(config).get("CPU", 0.0)
-    if want > cpus:
+    if want > cpus and not routed:
         raise ConfigError(f"the run reserves {want:g} CPUs (learners, env runners, the algorithm's process) but "
                           f"{where} has {cpus:g}; lower resources.num_env_runners / num_learners / "
                           f"num_cpus_per_learner")
 
 
-def best_checkpoint(results, validated: bool) -> Optional[str]:
-    """The best checkpoint by the validation metric when the run validates, else the latest one (said so)."""
+def best_checkpoint(results, validated: bool, exp_dir: str = "") -> Optional[str]:
+    """The best checkpoint (over every trial) by the validation metric when the run validates, else
+    the latest one (said so); a local folder (one on remote storage is copied into exp_dir)."""
     from rllib_models.callbacks import VAL_METRIC  # the greedy policy on held-out training programs
     done = [r for r in results if r.checkpoint is not None]
     if not done:
         return None
+    ckpt = None
     if validated:
         try:
             ckpt = results.get_best_result(VAL_METRIC, "max", scope="all").get_best_checkpoint(VAL_METRIC, "max")
@@ -293,11 +333,16 @@ def best_checkpoint(results, validated: bool) -> Optional[str]:
             ckpt = None
         if ckpt is not None:
             print(f"best checkpoint (by {VAL_METRIC}): {ckpt.path}")
-            return ckpt.path
-    latest = done[0].checkpoint.path
-    why = "no validation ran before the run stopped" if validated else "no validation configured: run.validate"
-    print(f"latest checkpoint ({why}): {latest}")
-    return latest
+    if ckpt is None:
+        ckpt = done[0].checkpoint
+        why = "no validation ran before the run stopped" if validated else "no validation configured: run.validate"
+        print(f"latest checkpoint ({why}): {ckpt.path}")
+    import pyarrow.fs
+    if isinstance(ckpt.filesystem, pyarrow.fs.LocalFileSystem) or not exp_dir:
+        return ckpt.path
+    local = ckpt.to_directory(os.path.join(exp_dir, "best_checkpoint"))  # evaluate.py reads local folders
+    print(f"  copied to {local}")
+    return local
 
 
 def _progress_callback():
@@ -329,6 +374,48 @@ def _progress_callback():
     return _Printer()
 
 
+def _resources(text: str) -> Dict[str, float]:
+    """'rollout_slot=1,other=0.5' -> {'rollout_slot': 1.0, 'other': 0.5}."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, eq, n = part.partition("=")
+        try:
+            out[name.strip()] = float(n) if eq else 1.0
+        except ValueError:
+            raise ConfigError(f"--env-runner-resources: {part!r} is not NAME=N") from None
+    return out
+
+
+def storage(run: Dict[str, Any]) -> str:
+    """Where Tune keeps the run (run.storage_path, a folder or a URI; default the results dir)."""
+    path = str(run.get("storage_path") or run["results_dir"])
+    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
+def _scheduler(cfg: Dict[str, Any], validated: bool):
+    """run.scheduler: {type: asha | pbt, ...} on the validation metric (a sweep); None: FIFO."""
+    from ray import tune
+    from rllib_models.callbacks import VAL_METRIC
+    spec = dict(cfg["run"].get("scheduler") or {})
+    if not spec:
+        return None
+    kind = str(spec.pop("type", "asha")).lower()
+    where = f"{cfg['_path']}: run.scheduler"
+    if not validated:
+        raise ConfigError(f"{where}: a scheduler compares trials by {VAL_METRIC}, the held-out validation: "
+                          "set run.validate")
+    common = dict(metric=VAL_METRIC, mode="max", time_attr="training_iteration")
+    try:
+        if kind == "asha":
+            return tune.schedulers.ASHAScheduler(**common, **spec)
+        if kind == "pbt":
+            mutations = {k: _search_space(v) for k, v in (spec.pop("hyperparam_mutations", None) or {}).items()}
+            return tune.schedulers.PopulationBasedTraining(**common, hyperparam_mutations=mutations, **spec)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    raise ConfigError(f"{where}.type: {kind!r}; asha or pbt")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -344,7 +431,11 @@ def main(argv=None) -> int:
     ap.add_argument("--stop-iters", type=int)
     ap.add_argument("--seed", type=int, help="run.seed: seeds torch, numpy and the envs (default: none)")
     ap.add_argument("--stop-time", type=float, help="seconds")
-    ap.add_argument("--results-dir")
+    ap.add_argument("--results-dir", help="local folder of the run's files (default ~/mlir_rl_results)")
+    ap.add_argument("--storage-path", help="where Tune keeps checkpoints and results: a folder or a URI "
+                    "(s3://bucket/prefix; run.storage_path; default: the results dir)")
+    ap.add_argument("--env-runner-resources", help="custom resources each env runner reserves, NAME=N[,NAME=N] "
+                    "(resources.custom_resources_per_env_runner; '' for none): runners only on nodes that have them")
     ap.add_argument("--resume", action="store_true", help="continue the run in results-dir/name")
     ap.add_argument("--dry-run", action="store_true", help="build config and module, print sizes, exit")
     ap.add_argument("--no-eval", action="store_true", help="skip the evaluation table at the end")
@@ -367,6 +458,10 @@ def main(argv=None) -> int:
             run["stop_time_s"] = args.stop_time
         if args.results_dir:
             run["results_dir"] = args.results_dir
+        if args.storage_path:
+            run["storage_path"] = args.storage_path
+        if args.env_runner_resources is not None:
+            res["custom_resources_per_env_runner"] = _resources(args.env_runner_resources)
         run["results_dir"] = os.path.abspath(os.path.expanduser(run.get("results_dir", "~/mlir_rl_results")))
         run.setdefault("name", cfg["model"].get("model_type", "run"))
         if args.dry_run:
@@ -414,55 +509,69 @@ def train(cfg: Dict[str, Any], args) -> int:
     try:
         fit_resources(cfg, args, address)
         if run.get("shared_cache"):
-            from envs.mlir.shared_cache import ACTOR_NAME, start_server
+            from envs.mlir.shared_cache import start_server
             folder = env_config(cfg)["measure"]["cache_dir"]
-            start_server(folder)
-            cfg["env"].setdefault("measure", {})["shared_cache"] = ACTOR_NAME
+            cfg["env"].setdefault("measure", {})["shared_cache"] = start_server(folder)  # this job registers
             print(f"time cache: one for the cluster, kept on this node in {folder}")
         config = build_algo_config(cfg)
         check_cpus(config)
         validated = validation(cfg) is not None
         url = getattr(ctx, "dashboard_url", None)
         print(f"Ray dashboard: {'http://' + url if url and not url.startswith('http') else url or 'not running'}")
-        exp_dir = os.path.join(run["results_dir"], run["name"])
-        print(f"results: {exp_dir}  (tensorboard --logdir {exp_dir})")
+        exp_dir = os.path.join(run["results_dir"], run["name"])  # this node's files: env config, evaluation
+        where = storage(run)
+        print(f"results: {exp_dir}" + (f"; checkpoints in {where}/{run['name']}" if where != run["results_dir"]
+                                       else f"  (tensorboard --logdir {exp_dir})"))
         save_env_config(exp_dir, config.env_config)
         stop = {"training_iteration": int(run.get("stop_iters", 20))}
         if run.get("stop_time_s"):
             stop["time_total_s"] = float(run["stop_time_s"])
+        # A trial that fails (a node lost with its learner) restarts from its last checkpoint.
+        retries = int(run.get("max_failures", 3 if address else 0))
         run_config = tune.RunConfig(
-            name=run["name"], storage_path=run["results_dir"], stop=stop, verbose=0,
+            name=run["name"], storage_path=where, stop=stop, verbose=0,
+            failure_config=tune.FailureConfig(max_failures=retries),
             checkpoint_config=tune.CheckpointConfig(
                 checkpoint_frequency=int(run.get("checkpoint_every", 5)), checkpoint_at_end=True, num_to_keep=3,
                 **({"checkpoint_score_attribute": VAL_METRIC, "checkpoint_score_order": "max"}
                    if validated else {})),
             callbacks=[_progress_callback()])
+        samples = int(run.get("num_samples", 1))
+        tune_config = tune.TuneConfig(num_samples=samples, scheduler=_scheduler(cfg, validated),
+                                      max_concurrent_trials=run.get("max_concurrent_trials"))
+        if tune_config.scheduler is not None:
+            # The validation metric arrives every run.validate.every iterations (carried after the
+            # first); schedulers skip results without it, Tune's strict check would stop the trial.
+            os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+        if samples > 1 or tune_config.scheduler is not None:
+            print(f"sweep: {samples} sample(s) of the search space"
+                  + (f", {type(tune_config.scheduler).__name__} on {VAL_METRIC}" if tune_config.scheduler else ""))
         if args.resume:
-            if not tune.Tuner.can_restore(exp_dir):
-                raise ConfigError(f"--resume: no run to continue in {exp_dir}")
-            print(f"resuming {exp_dir}")
-            tuner = tune.Tuner.restore(exp_dir, trainable=PPO, resume_unfinished=True, resume_errored=True,
-                                       param_space=config)
+            if not tune.Tuner.can_restore(f"{where}/{run['name']}"):
+                raise ConfigError(f"--resume: no run to continue in {where}/{run['name']}")
+            print(f"resuming {where}/{run['name']}")
+            tuner = tune.Tuner.restore(f"{where}/{run['name']}", trainable=PPO, resume_unfinished=True,
+                                       resume_errored=True, param_space=config)
         else:
-            tuner = tune.Tuner(PPO, param_space=config, run_config=run_config)
+            tuner = tune.Tuner(PPO, param_space=config, run_config=run_config, tune_config=tune_config)
         results = tuner.fit()
         errors = [r.error for r in results if r.error]
         if errors:
             print(f"error: {len(errors)} trial(s) failed: {errors[0]}", file=sys.stderr)
-        checkpoint = best_checkpoint(results, validated)
+        checkpoint = best_checkpoint(results, validated, exp_dir)
         if checkpoint is None:
             print("error: no checkpoint was written", file=sys.stderr)
             return 1
     finally:
         if run.get("shared_cache"):
             from envs.mlir.shared_cache import stop_server
-            stop_server()
+            stop_server()  # this job leaves; the cache stops only if no other job uses it
         ray.shutdown()
     if not args.no_eval:
         from evaluate import evaluate_checkpoint
         ev = dict(run.get("evaluate") or {})
         evaluate_checkpoint(checkpoint, split=ev.get("split", "eval"), benchmarks=ev.get("benchmarks"),
-                            samples=int(ev.get("samples", 4)), env_overrides=_local(config.env_config),
+                            samples=int(ev.get("samples", 4)), env_overrides=config.env_config,
                             out=os.path.join(exp_dir, "evaluation.csv"))
     return 1 if errors else 0
 

@@ -3,6 +3,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 
 import pytest
 
@@ -185,3 +186,16 @@ def ray_cluster(head: dict, workers: list):
         else:
             os.environ["RAY_TMPDIR"] = old
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def actor_gone(name: str, namespace: str = "mlir_rl", timeout: float = 30) -> bool:
+    """Whether the named actor is gone (a killed actor's name is released in a moment)."""
+    import ray
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        try:
+            ray.get_actor(name, namespace=namespace)
+        except ValueError:
+            return True
+        time.sleep(0.2)
+    return False

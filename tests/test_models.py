@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from envs import MlirScheduleEnv
 from envs import ActionLayout
@@ -301,7 +302,8 @@ def test_every_run_config_builds(name):
     assert threads == tune_run.timing_threads(cfg) == cfg["env"]["measure"]["threads"]  # set once, in the YAML
     # whoever samples (and so times) reserves the CPUs it times on
     assert (config.num_cpus_per_env_runner if config.num_env_runners else config.num_cpus_for_main_process) >= threads
-    assert config.lr == cfg["ppo"]["lr"]
+    one = tune_run.build_algo_config(tune_run.one_trial(cfg))  # a sweep's search spaces at their first values
+    assert one.lr == tune_run._first(cfg["ppo"]["lr"])
     r = subprocess.run([sys.executable, "tune_run.py", "--config", os.path.join("tune_configs", name), "--dry-run"],
                        capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stderr
@@ -354,6 +356,21 @@ def test_smoke_training_run_leaves_a_checkpoint_and_an_evaluation(smoke_run):
     rows = list(csv.DictReader(open(out / "results" / "smoke" / "evaluation.csv")))
     assert rows and set(rows[0]) >= {"name", "schedule", "baseline_s", "scheduled_s", "speedup", "correct"}
     assert rows[0]["correct"] == "true"
+
+
+def test_tensorboard_reads_the_runs_scheduling_metrics(smoke_run):
+    """`tensorboard --logdir <results>` (tensorboard from requirements.txt) finds the metrics."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    out, r = smoke_run
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    runs = [root for root, _, files in os.walk(out / "results") if any(f.startswith("events.out.tfevents") for f in files)]
+    assert len(runs) == 1, runs
+    acc = EventAccumulator(runs[0])
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    for tag in ("ray/tune/mlir/speedup_geomean", "ray/tune/val_speedup_geomean", "ray/tune/mlir/cache_hit_rate"):
+        assert tag in tags, sorted(t for t in tags if "mlir" in t or "val" in t)
+    assert [e.step for e in acc.Scalars("ray/tune/mlir/speedup_geomean")] == [1, 2]
 
 
 def test_evaluate_on_the_checkpoint(smoke_run, tmp_path):
@@ -522,3 +539,47 @@ def test_tune_keeps_the_best_checkpoints_by_validation(tmp_path):
     kept = sorted(p.name for p in tmp_path.iterdir())
     assert "checkpoint_2" in kept  # the best (x9) is never deleted
     assert manager.best_checkpoint_result.metrics[VAL_METRIC] == pytest.approx(9.0)
+
+
+def test_a_sweep_runs_trials_side_by_side_and_asha_stops_the_weak_ones(tmp_path):
+    """tune_configs/sweep.yaml, shortened: 4 trials over lr, entropy and encoder width, two at
+    a time on two CPUs, ASHA on the validation metric; the best checkpoint is chosen by it
+    over every trial."""
+    import glob
+    with open(os.path.join(ROOT, "tune_configs", "sweep.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    cfg["run"].update(stop_iters=4, checkpoint_every=1, validate={**cfg["run"]["validate"], "every": 1},
+                      scheduler={"type": "asha", "max_t": 4, "grace_period": 1, "reduction_factor": 2})
+    cfg["env"]["benchmarks"] = cfg["env"]["benchmarks"][:2]
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    ray_tmp = short_tmp()
+    env = dict(os.environ, RAY_TMPDIR=ray_tmp, MLIR_RL_CACHE=str(tmp_path / "cache"))
+    try:
+        r = subprocess.run([sys.executable, "tune_run.py", "--config", str(path), "--results-dir",
+                            str(tmp_path / "results"), "--no-eval"], capture_output=True, text=True, timeout=900,
+                           cwd=ROOT, env=env)
+    finally:
+        import shutil
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "sweep: 4 sample(s) of the search space, AsyncHyperBandScheduler on val_speedup_geomean" in r.stdout
+    trials = sorted(glob.glob(str(tmp_path / "results" / "sweep" / "PPO_*")))
+    assert len(trials) == 4
+    configs = [json.load(open(os.path.join(t, "params.json"))) for t in trials]
+    assert len({(c["lr"], c["entropy_coeff"], c["_model_config"]["encoder"]["hidden"],
+                 c["_model_config"]["encoder"]["lstm_hidden"]) for c in configs}) == 4  # sampled, not one point
+    iters = {}
+    for t in trials:
+        rows = [json.loads(x) for x in open(os.path.join(t, "result.json"))]
+        iters[t] = rows[-1]["training_iteration"]
+        assert all("val_speedup_geomean" in x for x in rows)  # validated every iteration
+    assert max(iters.values()) == 4 and min(iters.values()) < 4, iters  # ASHA stopped some early
+    best = r.stdout.split("best checkpoint (by val_speedup_geomean): ")[1].split()[0]
+    scores = {}
+    for t in trials:
+        for x in open(os.path.join(t, "result.json")):
+            row = json.loads(x)
+            scores[(t, row["training_iteration"])] = row["val_speedup_geomean"]
+    assert any(best.startswith(t) for t in trials)
+    assert max(scores.values()) == pytest.approx(max(v for (t, _), v in scores.items() if best.startswith(t)))

@@ -3,9 +3,10 @@
 Keyed by (program hash, schedule text, machine fingerprint).  Records are
 buffered and written as *new* files (``part-<time>-<pid>-<rand>.parquet``,
 written to a temporary name and renamed, so a reader never sees half a file);
-no file is ever rewritten.  A killed process loses only its unflushed buffer.
-A corrupt or partial file is reported once and skipped.  Files written by other
-processes sharing the folder are picked up on a miss.
+no file is ever rewritten, and `TimeCache.compact` merges small files into a
+new one before it removes them.  A killed process loses only its unflushed
+buffer.  A corrupt or partial file is reported once and skipped.  Files
+written by other processes sharing the folder are picked up on a miss.
 """
 from __future__ import annotations
 
@@ -94,17 +95,53 @@ def machine_fingerprint(threads: int, opt_level: int = 3) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:12]
 
 
-class TimeCache:
-    """An append-only Parquet time cache in `folder` (thread-safe)."""
+COMPACT_MAX_ROWS = 200_000
+"""Files with at least this many records are left alone by compaction, so that merging
+stays proportional to the recent small files, not to the whole cache."""
 
-    def __init__(self, folder: str, flush_every: int = 8):
+
+def read_part(path: str) -> pa.Table:
+    """One Parquet file of the cache, in `SCHEMA` (raises if it cannot be read)."""
+    return pq.read_table(path).select(_STORED).cast(SCHEMA)
+
+
+def write_part(folder: str, table: pa.Table) -> str:
+    """Write `table` as a new file of the cache; returns its name.
+
+    Written to a temporary name and renamed, so a reader never sees half a file. The
+    microsecond stamp orders a process's files by time (a later record wins on reload)."""
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    name = f"part-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
+    path = os.path.join(folder, name)
+    pq.write_table(table, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return name
+
+
+def to_table(rows: List[Measurement]) -> pa.Table:
+    return pa.table({name: [getattr(m, name) for m in rows] for name in _STORED}, schema=SCHEMA)
+
+
+class TimeCache:
+    """An append-only Parquet time cache in `folder` (thread-safe).
+
+    `watch`: on a miss, look for files that other processes wrote to the folder (off
+    when this object is the folder's only writer, as in the cluster's cache actor).
+    `compact_files`: after a flush, merge the small files into one once there are this
+    many (0: never; see `compact`)."""
+
+    def __init__(self, folder: str, flush_every: int = 8, watch: bool = True, compact_files: int = 0):
         self.folder = folder
         self.flush_every = flush_every
+        self.watch = watch
+        self.compact_files = compact_files
         self._index: Dict[Key, Measurement] = {}
         self._buffer: List[Measurement] = []
         self._seen_files: set = set()
+        self._rows: Dict[str, int] = {}  # records per file read or written (what compaction may merge)
         self.skipped_files: List[str] = []
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # index and buffer
+        self._io_lock = threading.Lock()  # file writes, so that lookups are not held up by them
         os.makedirs(folder, exist_ok=True)
         self.refresh()
         atexit.register(self.flush)
@@ -119,15 +156,18 @@ class TimeCache:
             if not name.endswith(".parquet") or name in self._seen_files:
                 continue
             path = os.path.join(self.folder, name)
-            self._seen_files.add(name)
             try:
-                table = pq.read_table(path)
-                rows = table.select(_STORED).to_pylist()
+                rows = read_part(path).to_pylist()
+            except FileNotFoundError:
+                continue  # compacted away since the listing: its records are in the merged file
             except Exception as e:  # corrupt, truncated, wrong schema: skip, never fatal
+                self._seen_files.add(name)
                 self.skipped_files.append(path)
                 warnings.warn(f"time cache: skipping unreadable file {path}: {type(e).__name__}: {e}",
                               stacklevel=2)
                 continue
+            self._seen_files.add(name)
+            self._rows[name] = len(rows)
             for r in rows:
                 m = Measurement(**r)
                 if m.key not in self._index:
@@ -138,36 +178,83 @@ class TimeCache:
     def get(self, key: Key) -> Optional[Measurement]:
         with self._lock:
             m = self._index.get(key)
-            if m is None and self.refresh():
+            if m is None and self.watch and self.refresh():
                 m = self._index.get(key)
         if m is None:
             return None
         return dataclasses.replace(m, cache_hit=True)
 
     def put(self, m: Measurement) -> None:
+        self.put_many([m])
+
+    def put_many(self, ms: List[Measurement]) -> None:
         with self._lock:
-            self._index[m.key] = m
-            self._buffer.append(m)
+            for m in ms:
+                self._index[m.key] = m
+            self._buffer.extend(ms)
             full = len(self._buffer) >= self.flush_every
         if full:
             self.flush()
 
     def flush(self) -> Optional[str]:
         """Write buffered records to a new file; returns its path (None if nothing)."""
-        with self._lock:
-            if not self._buffer:
+        with self._io_lock:
+            with self._lock:
+                rows, self._buffer = self._buffer, []
+            if not rows:
                 return None
-            rows, self._buffer = self._buffer, []
-            cols = {name: [getattr(m, name) for m in rows] for name in _STORED}
-            table = pa.table(cols, schema=SCHEMA)
-            stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-            name = f"part-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
-            path = os.path.join(self.folder, name)
-            tmp = path + ".tmp"
-            pq.write_table(table, tmp)
-            os.replace(tmp, path)  # atomic: readers never see a partial file
-            self._seen_files.add(name)
-            return path
+            try:
+                name = write_part(self.folder, to_table(rows))
+            except BaseException:  # e.g. a full disk: keep the records for the next flush
+                with self._lock:
+                    self._buffer[:0] = rows
+                raise
+            with self._lock:
+                self._seen_files.add(name)
+                self._rows[name] = len(rows)
+        merged = self.compact(self.compact_files) if self.compact_files else None
+        return merged or os.path.join(self.folder, name)
+
+    def compact(self, min_files: int = 2) -> Optional[str]:
+        """Merge the small files this object has read or written (under `COMPACT_MAX_ROWS`
+        records) into one, once there are `min_files`; returns the new file's path.
+
+        Every row is kept, in the order a reload applies them. The merged file is in place
+        (renamed from a temporary name) before any old file is removed, so a crash at any
+        point loses nothing: at worst both are there, and a record read twice is the same."""
+        with self._io_lock:
+            with self._lock:
+                small = sorted(n for n, r in self._rows.items() if r < COMPACT_MAX_ROWS)
+            if len(small) < min_files:
+                return None
+            tables = []
+            for n in small:
+                try:
+                    tables.append(read_part(os.path.join(self.folder, n)))
+                except Exception as e:  # gone or damaged since it was read: change nothing now
+                    warnings.warn(f"time cache: compaction skipped, {n}: {type(e).__name__}: {e}", stacklevel=2)
+                    if isinstance(e, FileNotFoundError):
+                        with self._lock:
+                            self._rows.pop(n, None)  # not ours to merge any more
+                    return None
+            table = pa.concat_tables(tables)
+            name = write_part(self.folder, table)
+            with self._lock:
+                self._seen_files.add(name)
+                self._rows[name] = table.num_rows
+                for n in small:
+                    del self._rows[n]
+            for n in small:
+                try:
+                    os.remove(os.path.join(self.folder, n))
+                except FileNotFoundError:
+                    pass
+            return os.path.join(self.folder, name)
+
+    def files(self) -> List[str]:
+        """The files this object has read or written that are still in use, oldest first."""
+        with self._lock:
+            return sorted(self._rows)
 
     def records(self) -> List[Measurement]:
         with self._lock:
