@@ -465,6 +465,26 @@ def test_learners_and_fractional_gpus_in_the_resource_request():
         tune_run.build_algo_config(dict(base, resources=dict(base["resources"], num_learners=-1)))
 
 
+def test_env_runners_routed_by_a_custom_resource(tmp_path):
+    """--env-runner-resources: each env runner reserves the resource (so only nodes that declare
+    it, the cluster's CPU workers, host them); an embedded Ray, which never has it, is an error."""
+    import tune_run
+    assert tune_run._resources("rollout_slot=1, other=0.5") == {"rollout_slot": 1.0, "other": 0.5}
+    assert tune_run._resources("") == {}
+    with pytest.raises(tune_run.ConfigError, match="NAME=N"):
+        tune_run._resources("rollout_slot=one")
+    with open(os.path.join(ROOT, "tune_configs", "smoke.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    cfg["_path"] = "smoke.yaml"
+    cfg["resources"].update(num_env_runners=3, custom_resources_per_env_runner={"rollout_slot": 1})
+    assert tune_run._requested(tune_run.build_algo_config(cfg))["rollout_slot"] == 3
+    env = dict(os.environ, RAY_TMPDIR=short_tmp(), MLIR_RL_CACHE=str(tmp_path / "cache"))
+    r = subprocess.run([sys.executable, "tune_run.py", "--config", "tune_configs/smoke.yaml", "--results-dir",
+                        str(tmp_path / "results"), "--env-runner-resources", "rollout_slot=1"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert r.returncode == 2 and "'rollout_slot', which this machine does not have" in r.stderr, r.stderr[-2000:]
+
+
 def test_headline_resources_fit_a_small_machine_with_two_learners(tmp_path):
     """A config written for the cluster (a GPU learner, 16 env runners) runs on this 2-CPU machine
     without flags: CPU learners, env runners capped, each change said in one line; and two learner
@@ -544,7 +564,7 @@ def test_tune_keeps_the_best_checkpoints_by_validation(tmp_path):
 def test_a_sweep_runs_trials_side_by_side_and_asha_stops_the_weak_ones(tmp_path):
     """tune_configs/sweep.yaml, shortened: 4 trials over lr, entropy and encoder width, two at
     a time on two CPUs, ASHA on the validation metric; the best checkpoint is chosen by it
-    over every trial."""
+    over every trial. Tune's storage (--storage-path) apart from the run's local files."""
     import glob
     with open(os.path.join(ROOT, "tune_configs", "sweep.yaml")) as f:
         cfg = yaml.safe_load(f)
@@ -557,15 +577,17 @@ def test_a_sweep_runs_trials_side_by_side_and_asha_stops_the_weak_ones(tmp_path)
     env = dict(os.environ, RAY_TMPDIR=ray_tmp, MLIR_RL_CACHE=str(tmp_path / "cache"))
     try:
         r = subprocess.run([sys.executable, "tune_run.py", "--config", str(path), "--results-dir",
-                            str(tmp_path / "results"), "--no-eval"], capture_output=True, text=True, timeout=900,
+                            str(tmp_path / "results"), "--storage-path", str(tmp_path / "storage"), "--no-eval"],
+                           capture_output=True, text=True, timeout=900,
                            cwd=ROOT, env=env)
     finally:
         import shutil
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "sweep: 4 sample(s) of the search space, AsyncHyperBandScheduler on val_speedup_geomean" in r.stdout
-    trials = sorted(glob.glob(str(tmp_path / "results" / "sweep" / "PPO_*")))
+    trials = sorted(glob.glob(str(tmp_path / "storage" / "sweep" / "PPO_*")))
     assert len(trials) == 4
+    assert os.path.exists(tmp_path / "results" / "sweep" / "env_config.json")
     configs = [json.load(open(os.path.join(t, "params.json"))) for t in trials]
     assert len({(c["lr"], c["entropy_coeff"], c["_model_config"]["encoder"]["hidden"],
                  c["_model_config"]["encoder"]["lstm_hidden"]) for c in configs}) == 4  # sampled, not one point
