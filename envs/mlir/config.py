@@ -90,10 +90,11 @@ class ActionConfig:
     """f32 lanes of the vector unit the candidates follow (0: the host's: AVX-512 16, AVX2 8)."""
     register_tiles: Tuple[Tuple[int, int], ...] = (
         (1, 1), (1, 4), (2, 2), (2, 4), (4, 1), (4, 2), (4, 4), (6, 1), (6, 2), (6, 4), (8, 1), (8, 2),
-        (12, 2), (14, 2), (16, 1))
+        (12, 2), (14, 2))
     """R's choices: (rows, vectors) of the output held in registers (those exceeding the host's
     vector registers are masked).  Whole powers of two of vectors only: 3 vectors (48 lanes)
-    measured 10x slower than 2 or 4 (matmul, AVX-512)."""
+    measured 10x slower than 2 or 4 (matmul, AVX-512). Chosen on matmuls of bench/ and the
+    training split only (a (16, 1) once added after looking at an eval program was removed)."""
 
     def __post_init__(self):
         _check(len(self.tile_sizes) >= 1, "tile_sizes", "needs at least one size")
