@@ -42,16 +42,21 @@ COMPUTE_BOUND = ("matmul", "matmul_bias_relu", "batch_matmul", "conv2d", "conv_b
 """Families whose target is PyTorch speed and 60% of the FMA peak (issue 9's measuring stick)."""
 
 
-def bench_rows(only: List[str]) -> List[Dict]:
-    """Eval-split rows and the imported blocks of every split."""
+def bench_rows(only: List[str], split: str = "eval") -> List[Dict]:
+    """Eval-split rows and the imported blocks of every split; with split "train", the training
+    programs instead (what design decisions may look at: the eval split is for evaluation only)."""
     import pyarrow.parquet as pq
     from envs.suites import suite_path
-    rows = pq.read_table(suite_path("eval")).to_pylist()
-    rows += [r for r in pq.read_table(suite_path("train")).to_pylist() if r["family"].startswith("imported_")]
+    if split == "train":
+        rows = pq.read_table(suite_path("train")).to_pylist()
+    else:
+        rows = pq.read_table(suite_path("eval")).to_pylist()
+        rows += [r for r in pq.read_table(suite_path("train")).to_pylist() if r["family"].startswith("imported_")]
     if only:
         missing = sorted(set(only) - {r["name"] for r in rows})
         if missing:
-            raise SystemExit(f"no benchmark named {', '.join(missing)} in the eval split or the imported blocks")
+            raise SystemExit(f"no benchmark named {', '.join(missing)} in the {split} split"
+                             + (" or the imported blocks" if split == "eval" else ""))
         rows = [r for r in rows if r["name"] in only]
     return rows
 
@@ -111,6 +116,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="threads of our code and of PyTorch (default: CPUs)")
     ap.add_argument("--checkpoint", default="", help="also the policy of this RLlib checkpoint")
     ap.add_argument("--only", nargs="*", default=[], help="only these benchmarks")
+    ap.add_argument("--split", choices=("eval", "train"), default="eval",
+                    help="eval (the measuring stick) or train (for design decisions, which may not look at eval)")
     ap.add_argument("--tile-candidates", choices=("fixed", "per_loop"), default="fixed",
                     help="the searches' tile choices (ActionConfig.tile_candidates)")
     ap.add_argument("--seed", type=int, default=0)
@@ -144,7 +151,7 @@ def main() -> int:
     from rllib_models.callbacks import geomean
 
     threads = args.threads or available_cpus()
-    rows = bench_rows(args.only)
+    rows = bench_rows(args.only, args.split)
     peak = fma_peak(threads)
     print(f"FMA peak: {peak['gflops']:.0f} GFLOP/s on {threads} thread(s) (vector<{peak['vector_width']}xf32>)",
           flush=True)
