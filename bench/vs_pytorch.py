@@ -123,6 +123,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-search", action="store_true",
                     help="the policy alone (with --checkpoint): no random or greedy search")
+    ap.add_argument("--no-greedy", action="store_true", help="random search only (halves the time)")
     ap.add_argument("--cache-dir", default="", help="time cache of the searches (default: the project's)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "vs_pytorch.json"))
     ap.add_argument("--torch-times", default="", help=argparse.SUPPRESS)  # internal: the PyTorch timing process
@@ -155,7 +156,7 @@ def main() -> int:
     peak = fma_peak(threads)
     print(f"FMA peak: {peak['gflops']:.0f} GFLOP/s on {threads} thread(s) (vector<{peak['vector_width']}xf32>)",
           flush=True)
-    searches = () if args.no_search else ("random", "greedy")
+    searches = () if args.no_search else ("random",) if args.no_greedy else ("random", "greedy")
     methods = ["untransformed"] + [f"{m}_{k}" for m in searches for k in (8, args.budget)]
     if args.checkpoint:
         methods = ["untransformed", "policy_1", "policy_8"] + methods[1:]
