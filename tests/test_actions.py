@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from envs import ActionLayout
-from envs.mlir import (ACTIONS, NT, TF, ActionConfig, T, FeatureConfig, FeatureLayout, Program, ProgramState, Schedule,
+from envs.mlir import (ACTIONS, NT, TF, TP, ActionConfig, T, FeatureConfig, FeatureLayout, Program, ProgramState, Schedule,
                        build_script, write_transformed)
 from envs.mlir.actions.rewrite import P
 from envs.mlir.actions.register import R
@@ -182,14 +182,20 @@ def test_register_tile_geometry_and_masks(programs):
         if m is None:
             assert allowed == {(1, 1)}
     # matmul 24x40x32: 6 rows x 16 columns, k innermost; the unroll factor may not exceed k's 32 trips.
+    # As the op's first tiling, R spreads its kernels over threads: a forall over the rows in
+    # chunks of 6 (the smallest divisor of 24 holding a kernel), each chunk one kernel row.
     ps = ProgramState(programs["matmul"], cfg)
     s = ps.current
     assert s.op.name == "linalg.matmul"
     a = R(6, 16, 4)
     assert a.check(s, cfg) is None
+    assert a.parallel(s).sizes == (6, 0, 0)
     after = ps.step(a)
-    assert after.ended and after.unroll == 4 and after.pieces[0] == (6, 16, 1)
-    assert [(d, trips) for d, _, trips in after.last_tile] == [(0, 4), (1, 3), (2, 32)]
+    assert after.ended and after.parallel and after.unroll == 4 and after.pieces[0] == (6, 16, 1)
+    assert [(d, trips) for d, _, trips in after.last_tile] == [(0, 1), (1, 3), (2, 32)]
+    # After a forall of its own (TP) or another tiling, R adds none.
+    tp = ProgramState(programs["matmul"], cfg)
+    assert a.parallel(tp.step(TP((12, 0, 0)))) is None
     assert "exceed" in R(6, 48, 1).check(s, cfg)  # more columns than the loop has
     assert "whole vectors" in R(2, 24, 1).check(s, cfg)
     assert "unroll" in R(6, 16, 64).check(s, cfg)

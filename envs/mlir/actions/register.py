@@ -10,7 +10,11 @@ reductions innermost (the accumulators are then invariant in the reduction
 loops and are hoisted into registers), unrolls the innermost reduction loop by
 `unroll` (1: not at all) and vectorizes.  Its choices are the shapes that fit
 the host's vector registers, so that even a uniform sample is a reasonable
-kernel; cache tiles (T), threads (TP/TF) and packing (P) come before it.
+kernel; cache tiles (T), threads (TP/TF) and packing (P) come before it.  As
+the op's first tiling, R also spreads its kernels over threads (a forall over
+the outermost parallel loop, in chunks of whole kernels, `R.parallel`), as a
+BLAS does: a schedule of one R is then a parallel micro-kernel, not a
+single-threaded one waiting for a TP that a sampled episode rarely puts first.
 
 The row loop is an output loop absent from an operand that reads the vector
 loop (A's row in C += A x B; a conv's output column, whose filter lacks it; a
@@ -29,7 +33,11 @@ from ..opstate import OpState
 from .base import Action, Head, common_block
 from .loops import U
 from .rewrite import V
-from .tiling import T
+from .tiling import TP, T
+
+
+CHUNKS = 16
+"""Most chunks of R's forall: enough for the threads of one CPU socket, few remainders."""
 
 
 def _plain(row) -> Optional[int]:
@@ -80,6 +88,27 @@ class R(Action):
         n, m = self.geometry(s)
         return tuple(self.cols if d == n else self.rows if d == m else 1 for d in range(s.num_loops))
 
+    def parallel(self, s: OpState) -> Optional[TP]:
+        """The forall R puts around its kernels when it is the op's first tiling: the outermost
+        parallel loop with more than one chunk (the vector loop last), in at most CHUNKS chunks
+        (each the smallest divisor of the bound that holds a kernel: >= rows on the row loop,
+        >= cols on the vector loop), so that a kernel's remainder is rare and threads share."""
+        if s.parallel or s.tiled:
+            return None
+        n, m = self.geometry(s)
+        it = s.iterator_types
+        for d in [d for d in range(s.num_loops) if it[d] == "parallel" and d != n] + [n]:
+            b = s.bounds[d]
+            least = max(self.rows if d == m else self.cols if d == n else 1, -(-b // CHUNKS))
+            size = next(k for k in range(max(1, least), b + 1) if b % k == 0) if least <= b else b
+            if size < b:
+                return TP(tuple(size if e == d else 0 for e in range(s.num_loops)))
+        return None
+
+    def _threaded(self, s: OpState) -> OpState:
+        tp = self.parallel(s)
+        return tp.apply(s, None) if tp is not None else s
+
     @staticmethod
     def order(s: OpState) -> Tuple[int, ...]:
         """Parallel loops outside, reductions innermost (each in the op's order)."""
@@ -88,13 +117,14 @@ class R(Action):
                      [d for d in range(len(it)) if it[d] != "parallel"])
 
     def _tiling(self, s: OpState) -> Tuple[T, OpState]:
-        """The T that makes the kernel's loops, and the state it is applied to."""
+        """The T that makes the kernel's loops, and the state it is applied to (inside R's forall)."""
+        s = self._threaded(s)
         return T(self.sizes(s)), s.replace(pending_interchange=self.order(s))
 
     def tiled(self, s: OpState) -> OpState:
         t, s2 = self._tiling(s)
         if not t.splits(s2):  # the op already is one kernel: no loop of its own to unroll
-            return s.replace(last_tile=None)
+            return self._threaded(s).replace(last_tile=None)
         return t.apply(s2, None)
 
     # --- validity ---------------------------------------------------------------------
@@ -222,6 +252,9 @@ class R(Action):
         return tiled.replace(ended=True, unroll=self.unroll if self.unroll > 1 else None)
 
     def emit(self, b, s, ctx):
+        tp = self.parallel(s)
+        if tp is not None:
+            tp.emit(b, s, ctx)
         t, s2 = self._tiling(s)
         t.emit(b, s2, ctx)
         tiled = self.tiled(s)
