@@ -520,7 +520,8 @@ def train(cfg: Dict[str, Any], args) -> int:
         print(f"Ray dashboard: {'http://' + url if url and not url.startswith('http') else url or 'not running'}")
         exp_dir = os.path.join(run["results_dir"], run["name"])  # this node's files: env config, evaluation
         where = storage(run)
-        print(f"results: {exp_dir}" + (f"; checkpoints in {where}/{run['name']}" if where != run["results_dir"]
+        stored = f"{where}/{run['name']}"  # Tune's experiment folder (a URI on remote storage)
+        print(f"results: {exp_dir}" + (f"; checkpoints in {stored}" if where != run["results_dir"]
                                        else f"  (tensorboard --logdir {exp_dir})"))
         save_env_config(exp_dir, config.env_config)
         stop = {"training_iteration": int(run.get("stop_iters", 20))}
@@ -547,10 +548,10 @@ def train(cfg: Dict[str, Any], args) -> int:
             print(f"sweep: {samples} sample(s) of the search space"
                   + (f", {type(tune_config.scheduler).__name__} on {VAL_METRIC}" if tune_config.scheduler else ""))
         if args.resume:
-            if not tune.Tuner.can_restore(f"{where}/{run['name']}"):
-                raise ConfigError(f"--resume: no run to continue in {where}/{run['name']}")
-            print(f"resuming {where}/{run['name']}")
-            tuner = tune.Tuner.restore(f"{where}/{run['name']}", trainable=PPO, resume_unfinished=True,
+            if not tune.Tuner.can_restore(stored):
+                raise ConfigError(f"--resume: no run to continue in {stored}")
+            print(f"resuming {stored}")
+            tuner = tune.Tuner.restore(stored, trainable=PPO, resume_unfinished=True,
                                        resume_errored=True, param_space=config)
         else:
             tuner = tune.Tuner(PPO, param_space=config, run_config=run_config, tune_config=tune_config)
