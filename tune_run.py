@@ -52,11 +52,16 @@ def load_config(path: str) -> Dict[str, Any]:
 SPACES = ("grid_search", "choice", "loguniform", "uniform", "randint")
 
 
+def _is_space(value) -> bool:
+    """A YAML search space: a mapping of exactly one of SPACES."""
+    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in SPACES
+
+
 def _search_space(value):
     """YAML {grid_search: [...]} / {choice: [...]} / {loguniform: [lo, hi]} / {uniform: [lo, hi]} /
     {randint: [lo, hi]} -> Tune search spaces, in nested mappings too (the model section's encoder)."""
     from ray import tune
-    if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in SPACES:
+    if _is_space(value):
         (k, v), = value.items()
         if k == "grid_search":
             return tune.grid_search(list(v))
@@ -77,7 +82,7 @@ def one_trial(cfg: Dict[str, Any]) -> Dict[str, Any]:
 
 def _first(value):
     """A search space's first (or lowest) value."""
-    if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in SPACES:
+    if _is_space(value):
         return list(next(iter(value.values())))[0]
     if isinstance(value, dict):
         return {k: _first(v) for k, v in value.items()}
