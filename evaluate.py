@@ -4,9 +4,12 @@
     python evaluate.py --checkpoint DIR --benchmarks SUITE.parquet   # another suite
     python evaluate.py --checkpoint DIR --mlir FILE.mlir -o OUT.mlir # one program; writes it transformed
     python evaluate.py --checkpoint DIR --mlir mm.mlir --torch mymodel:model  # and its ratio to PyTorch
+    python evaluate.py --checkpoint DIR --cost-model cost_model.pt   # the model picks which schedules to measure
 
 For each benchmark the policy schedules greedily (plus `--samples - 1`
-sampled episodes; the best measured schedule is kept), the chosen schedule is
+sampled episodes; the best measured schedule is kept; with `--cost-model`, the
+policy proposes `--pool` schedules and a cost model trained on the time cache,
+`envs.cost_model`, picks the `--samples` to measure), the chosen schedule is
 measured again from scratch (no cache) and checked, and random and greedy
 search get the same number of measurements. Writes name, schedule,
 baseline_s, scheduled_s, speedup, correct (and the baselines' speedups) to a
@@ -56,13 +59,15 @@ def load_module(checkpoint: str):
                             f"learner_group/learner/rl_module/default_policy)")
 
 
-def policy_episode(env, module, benchmark: str, deterministic: bool, rng_seed: Optional[int] = None) -> Dict:
-    """One episode of the policy; the final info (schedule, status, speedup...)."""
+def policy_episode(env, module, benchmark: str, deterministic: bool, rng_seed: Optional[int] = None,
+                   measure: bool = True) -> Dict:
+    """One episode of the policy; the final info (schedule, status, speedup...).
+    With measure=False nothing is compiled: the info's schedule is the result."""
     import torch
     from ray.rllib.core.columns import Columns
     if rng_seed is not None:
         torch.manual_seed(rng_seed)
-    obs, _ = env.reset(options={"benchmark": benchmark})
+    obs, _ = env.reset(options={"benchmark": benchmark, "measure": measure})
     done = False
     dist_cls = module.get_inference_action_dist_cls()
     while not done:
@@ -77,14 +82,35 @@ def policy_episode(env, module, benchmark: str, deterministic: bool, rng_seed: O
     return info
 
 
+def policy_schedules(env, module, benchmark: str, n: int, seed: int = 0) -> List:
+    """Up to `n` distinct schedules of the policy, none measured: its greedy episode first, then
+    sampled ones (what `envs.search.ranked_search` ranks with a cost model)."""
+    from envs.mlir import Schedule
+    out, seen = [], set()
+    for k in range(-1, 4 * n):
+        info = policy_episode(env, module, benchmark, deterministic=k < 0, rng_seed=None if k < 0 else seed + k,
+                              measure=False)
+        if info["schedule"] not in seen:
+            seen.add(info["schedule"])
+            out.append(Schedule.parse(info["schedule"]))
+            if len(out) == n:
+                break
+    return out
+
+
 def evaluate_checkpoint(checkpoint: str, split: str = "eval", suite: str = "", benchmarks: Optional[List[str]] = None,
                         samples: int = 4, env_overrides: Optional[Dict] = None, out: str = "",
-                        mlir_file: str = "", output_mlir: str = "", seed: int = 0, torch_ref: str = "") -> List[Dict]:
-    from envs import MlirScheduleEnv, greedy_search, random_search
+                        mlir_file: str = "", output_mlir: str = "", seed: int = 0, torch_ref: str = "",
+                        cost_model: str = "", pool: int = 64) -> List[Dict]:
+    from envs import MlirScheduleEnv, greedy_search, random_search, ranked_search
     from envs.mlir import Measurer, Program, Schedule, build_script, write_transformed
     from envs.suites import write_suite
 
     module = load_module(checkpoint)
+    model = None
+    if cost_model:
+        from envs.cost_model import CostModel
+        model = CostModel.load(cost_model)
     env_cfg = copy.deepcopy(env_overrides or {})
     env_cfg.pop("benchmarks", None)
     # One process evaluates on its own disk cache: a run's cluster cache actor is gone by now.
@@ -107,15 +133,23 @@ def evaluate_checkpoint(checkpoint: str, split: str = "eval", suite: str = "", b
     fresh = Measurer(env.cfg.measure.__class__(**{**env.cfg.measure.__dict__, "cache_dir": "", "shared_cache": ""}),
                      env.cfg.actions)
     rows = []
-    print(f"evaluating {checkpoint} on {len(env.names)} benchmark(s), budget {samples} measurement(s) each")
+    print(f"evaluating {checkpoint} on {len(env.names)} benchmark(s), budget {samples} measurement(s) each"
+          + (f"; the policy's {samples} are the best of {pool} of its schedules by {cost_model}" if model else ""))
+    if model is not None and model.meta.get("threads") not in (None, env.cfg.measure.threads):
+        print(f"warning: {cost_model} learned times of {model.meta['threads']} thread(s), this evaluation times on "
+              f"{env.cfg.measure.threads}", file=sys.stderr)
     try:
         for name in env.names:
-            infos = [policy_episode(env, module, name, deterministic=True)]
-            infos += [policy_episode(env, module, name, deterministic=False, rng_seed=seed + k)
-                      for k in range(samples - 1)]
-            best = max(infos, key=lambda i: i["speedup"] or 0.0)
+            if model is not None:  # the policy proposes, the cost model picks which to measure
+                trials = ranked_search(env, name, samples, model,
+                                       candidates=lambda p: policy_schedules(env, module, name, pool, seed)).trials
+            else:
+                infos = [policy_episode(env, module, name, deterministic=True)]
+                infos += [policy_episode(env, module, name, deterministic=False, rng_seed=seed + k)
+                          for k in range(samples - 1)]
+                trials = [(i["schedule"], i["speedup"] or 0.0) for i in infos]
             program = env.load(name)
-            schedule = Schedule.parse(best["schedule"])
+            schedule = Schedule.parse(max(trials, key=lambda t: t[1])[0])
             r = fresh.evaluate(program, schedule)  # re-measured from scratch, and checked
             m = r.measurement
             # The baselines' winners are measured again from scratch too (their search-time figures are luck).
@@ -232,6 +266,10 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=4, help="measurements per benchmark and method (default 4)")
     ap.add_argument("--threads", type=int, help="timing threads (default: those the checkpoint's run trained with, "
                                                 "else the CPUs available)")
+    ap.add_argument("--cost-model", default="", metavar="FILE",
+                    help="a cost model (python -m envs.cost_model train): the policy proposes --pool schedules, "
+                         "the model picks which --samples to measure")
+    ap.add_argument("--pool", type=int, default=64, help="with --cost-model: the policy's schedules ranked")
     ap.add_argument("--out", default="evaluation.csv", help="results file (.csv or .parquet)")
     ap.add_argument("-o", "--output-mlir", default="", help="with --mlir: write the transformed module here")
     ap.add_argument("--torch", default="", metavar="MODULE:NAME",
@@ -252,7 +290,7 @@ def main(argv=None) -> int:
             raise ValueError("--torch goes with --mlir (the suites' own PyTorch twins: bench/vs_pytorch.py)")
         evaluate_checkpoint(args.checkpoint, suite=args.benchmarks, benchmarks=args.only, samples=args.samples,
                             env_overrides=overrides, out=args.out, mlir_file=args.mlir, output_mlir=args.output_mlir,
-                            torch_ref=args.torch)
+                            torch_ref=args.torch, cost_model=args.cost_model, pool=args.pool)
     except (MlirInputError, SuiteError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

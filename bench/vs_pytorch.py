@@ -8,7 +8,9 @@ inputs), timed in this run with the same threads as our code (before and
 after the searches; the faster counts); the untransformed
 program; random search and greedy search (best of the first 8 and of all
 `--budget` measurements); and, with `--checkpoint`, the policy (its greedy
-episode, and the best of that and 7 sampled ones). Every method's winner is
+episode, and the best of that and 7 sampled ones); with `--cost-model`, the
+best 8 of `--pool` random schedules by the cost model (model_8) and of
+`--policy-pool` schedules of the policy (policy_model_8). Every method's winner is
 measured again from scratch (no cache) and checked; those times are the ones
 reported. Columns: GFLOP/s, the fraction of the FMA peak (measured here with
 an MLIR-generated FMA loop, `envs.mlir.peak`), the ratio to PyTorch (> 1:
@@ -17,6 +19,7 @@ faster than PyTorch), geometric means per family and overall.
     python bench/vs_pytorch.py                         # eval split + imported blocks, budget 256
     python bench/vs_pytorch.py --budget 16 --only gpt_2_c_attn_projection
     python bench/vs_pytorch.py --checkpoint DIR        # the policy's columns too
+    python bench/vs_pytorch.py --checkpoint DIR --cost-model cost_model.pt   # and the cost model's
 
 Writes bench/results/vs_pytorch.json, vs_pytorch_ratio.png (ratio to PyTorch
 per benchmark and method) and vs_pytorch_budget.png (best-so-far ratio to
@@ -124,6 +127,12 @@ def main() -> int:
     ap.add_argument("--no-search", action="store_true",
                     help="the policy alone (with --checkpoint): no random or greedy search")
     ap.add_argument("--no-greedy", action="store_true", help="random search only (halves the time)")
+    ap.add_argument("--cost-model", default="",
+                    help="also model_8: the best 8 of --pool random schedules by this cost model "
+                         "(envs.cost_model), and with --checkpoint policy_model_8: the best 8 of --policy-pool "
+                         "schedules of the policy")
+    ap.add_argument("--pool", type=int, default=1024, help="random schedules the cost model ranks")
+    ap.add_argument("--policy-pool", type=int, default=64, help="policy schedules the cost model ranks")
     ap.add_argument("--cache-dir", default="", help="time cache of the searches (default: the project's)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "vs_pytorch.json"))
     ap.add_argument("--torch-times", default="", help=argparse.SUPPRESS)  # internal: the PyTorch timing process
@@ -141,7 +150,7 @@ def main() -> int:
         _torch_times_main(args.torch_times, args.threads or 1)
         return 0
 
-    from envs import MlirScheduleEnv, SearchResult, greedy_search, random_search
+    from envs import MlirScheduleEnv, SearchResult, greedy_search, random_search, ranked_search
     from envs.mlir import MeasureConfig, Measurer, Schedule
     from envs.mlir.cache import default_cache_dir
     from envs.mlir.compile import make_inputs
@@ -160,6 +169,18 @@ def main() -> int:
     methods = ["untransformed"] + [f"{m}_{k}" for m in searches for k in (8, args.budget)]
     if args.checkpoint:
         methods = ["untransformed", "policy_1", "policy_8"] + methods[1:]
+    model = None
+    if args.cost_model:
+        from envs.cost_model import CostModel
+        model = CostModel.load(args.cost_model)
+        seen = sorted(set(model.meta["programs"]) & {r["name"] for r in rows})
+        if seen:
+            raise SystemExit(f"{args.cost_model} learned from {', '.join(seen)}: a cost model is judged on programs "
+                             f"it has not seen (train it with --hold-out)")
+        if model.meta.get("threads") != threads:
+            raise SystemExit(f"{args.cost_model} learned times of {model.meta.get('threads')} thread(s); this run "
+                             f"times on {threads} (--threads)")
+        methods += ["model_8"] + (["policy_model_8"] if args.checkpoint else [])
     methods = list(dict.fromkeys(methods))  # --budget 8: one column each
     tmp = tempfile.TemporaryDirectory()
     suite = os.path.join(tmp.name, "bench.parquet")
@@ -202,6 +223,15 @@ def main() -> int:
                     [max(1.0, sp) for _, sp in pol])), pol)
                 winners["policy_1"] = trials["policy"].best_of(1)[0]
                 winners["policy_8"] = trials["policy"].best_of(8)[0]
+            if model is not None:
+                trials["model"] = ranked_search(env, name, 8, model, pool=args.pool, seed=args.seed)
+                winners["model_8"] = trials["model"].best_of(8)[0]
+                if args.checkpoint:
+                    from evaluate import load_module, policy_schedules
+                    module = load_module(args.checkpoint)
+                    trials["policy_model"] = ranked_search(
+                        env, name, 8, model, candidates=lambda p: policy_schedules(env, module, name, args.policy_pool))
+                    winners["policy_model_8"] = trials["policy_model"].best_of(8)[0]
             entry = {"name": name, "family": row["family"], "flops": row["flops"], "torch_s": torch_s,
                      "torch_gflops": row["flops"] / torch_s / 1e9, "methods": {}}
             base = fresh.baseline(program)

@@ -6,7 +6,7 @@ from gymnasium.envs.registration import register, registry
 from .action_space import ActionLayout, InvalidActionError
 from .config import EnvConfig
 from .env import MlirScheduleEnv
-from .search import SearchResult, greedy_search, random_search
+from .search import SearchResult, greedy_search, random_search, ranked_search, sample_schedules
 
 ENV_ID = "MlirSchedule-v0"
 
@@ -15,4 +15,4 @@ if ENV_ID not in registry:
     register(id=ENV_ID, entry_point="envs.env:MlirScheduleEnv", nondeterministic=True)
 
 __all__ = ["ENV_ID", "ActionLayout", "EnvConfig", "InvalidActionError", "MlirScheduleEnv", "SearchResult",
-           "greedy_search", "random_search"]
+           "greedy_search", "random_search", "ranked_search", "sample_schedules"]

@@ -83,6 +83,7 @@ class MlirScheduleEnv(gym.Env):
         self._turn = 0  # the next benchmark with cycle_benchmarks
         self._baseline = None
         self._log_speedup = 0.0
+        self._dry = False
 
     # --- gymnasium API ----------------------------------------------------------------
     def reset(self, *, seed: Optional[int] = None, options: Optional[Dict] = None):
@@ -97,6 +98,7 @@ class MlirScheduleEnv(gym.Env):
         self.ps = ProgramState(self.program, self.cfg.actions)
         self._pending = None
         self._log_speedup = 0.0
+        self._dry = not (options or {}).get("measure", True)
         self._baseline = self.measurer.baseline(self.program)
         if not self._baseline.ok:
             raise MlirInputError(name, f"the untransformed benchmark does not run: {self._baseline.status}: "
@@ -118,7 +120,10 @@ class MlirScheduleEnv(gym.Env):
             ended_op = self.ps.position != before
         terminated = self.ps.done
         reward, info = 0.0, self._info()
-        if terminated or (ended_op and self.cfg.reward == "per_op"):
+        if self._dry:  # reset(options={"measure": False}): the schedule is the result
+            if terminated:
+                info["status"] = "unmeasured"
+        elif terminated or (ended_op and self.cfg.reward == "per_op"):
             reward, info = self._measure()
             terminated = terminated or info["status"] != "ok"
             if terminated and not self.ps.done:  # a failure ends a per-op episode early

@@ -7,11 +7,11 @@ A trained agent has to beat them at an equal budget.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .mlir import ACTIONS, Action, ProgramState
+from .mlir import ACTIONS, Action, Program, ProgramState, Schedule
 
 
 @dataclass
@@ -86,3 +86,42 @@ def greedy_search(env, benchmark: str, budget: int, candidates: int = 8, seed: i
         for a in pick:
             ps.step(a)
     return SearchResult(benchmark, best, best_s, used, curve, trials)
+
+
+def sample_schedules(env, benchmark: str, n: int, seed: int = 0, tries: int = 4) -> List[Schedule]:
+    """Up to `n` distinct whole schedules sampled as `random_search` samples its episodes,
+    without measuring any (the masks are pure Python: thousands a second)."""
+    rng = np.random.default_rng(seed)
+    program = env.load(benchmark)
+    out, seen = [], set()
+    for _ in range(n * tries):
+        ps = ProgramState(program, env.cfg.actions)
+        while not ps.done:
+            for a in env.layout.sample_actions(ps, rng):
+                ps.step(a)
+        sched = ps.schedule()
+        if str(sched) not in seen:
+            seen.add(str(sched))
+            out.append(sched)
+            if len(out) == n:
+                break
+    return out
+
+
+def ranked_search(env, benchmark: str, budget: int, model, pool: int = 1024, seed: int = 0,
+                  candidates: Optional[Callable[[Program], Sequence[Schedule]]] = None) -> SearchResult:
+    """Sample `pool` schedules (random ones, or those `candidates` gives), rank them by the cost
+    model (`envs.cost_model.CostModel`), measure the best `budget` in that order."""
+    program = env.load(benchmark)
+    base = env.measurer.baseline(program)
+    scheds = list(candidates(program)) if candidates else sample_schedules(env, benchmark, pool, seed)
+    order = np.argsort(model.predict(program, scheds), kind="stable") if scheds else []
+    best, best_s, curve, trials = "", 1.0, [], []
+    for i in order[:budget]:
+        m = env.measurer.measure(program, scheds[i])
+        s_up = base.time_s / m.time_s if m.ok else 0.0
+        trials.append((str(scheds[i]), s_up))
+        if s_up > best_s:
+            best, best_s = str(scheds[i]), s_up
+        curve.append(best_s)
+    return SearchResult(benchmark, best, best_s, len(trials), curve, trials)

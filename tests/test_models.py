@@ -398,6 +398,16 @@ def test_evaluate_on_the_checkpoint(smoke_run, tmp_path):
     assert (tmp_path / "one.csv").exists()
     assert "timing threads: 1 (as in training" in r.stdout  # the run's own target, not this machine's CPUs
     assert "ratio to PyTorch x" in r.stdout and "not the same computation" not in r.stderr
+    # With a cost model the policy proposes, the model picks (an untrained model: only the plumbing is tested here;
+    # tests/test_cost_model.py tests the model).
+    from envs.cost_model import CostModel
+    CostModel().save(str(tmp_path / "cm.pt"), threads=1)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), "--checkpoint", ckpt, "--mlir", str(mlir),
+                        "--samples", "2", "--cost-model", str(tmp_path / "cm.pt"), "--pool", "8",
+                        "--out", str(tmp_path / "cm.csv")], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "the policy's 2 are the best of 8 of its schedules by" in r.stdout
+    assert list(csv.DictReader(open(tmp_path / "cm.csv")))[0]["correct"] == "true"
     bad = subprocess.run([sys.executable, "evaluate.py", "--checkpoint", str(tmp_path)], capture_output=True,
                          text=True, timeout=300, cwd=ROOT)
     assert bad.returncode == 2 and "no RLModule checkpoint" in bad.stderr
