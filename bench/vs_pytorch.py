@@ -131,7 +131,9 @@ def main() -> int:
                     help="also model_8: the best 8 of --pool random schedules by this cost model "
                          "(envs.cost_model), and with --checkpoint policy_model_8: the best 8 of --policy-pool "
                          "schedules of the policy")
-    ap.add_argument("--pool", type=int, default=1024, help="random schedules the cost model ranks")
+    ap.add_argument("--pool", type=int, default=4096,
+                    help="random schedules the cost model ranks (4096: chosen on held-out training programs, "
+                         "bench/cost_model.py)")
     ap.add_argument("--policy-pool", type=int, default=64, help="policy schedules the cost model ranks")
     ap.add_argument("--cache-dir", default="", help="time cache of the searches (default: the project's)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "vs_pytorch.json"))

@@ -11,7 +11,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .mlir import ACTIONS, Action, Program, ProgramState, Schedule
+from .mlir import ACTIONS, Action, Program, ProgramState, Schedule, ScheduleError
 
 
 @dataclass
@@ -108,14 +108,54 @@ def sample_schedules(env, benchmark: str, n: int, seed: int = 0, tries: int = 4)
     return out
 
 
-def ranked_search(env, benchmark: str, budget: int, model, pool: int = 1024, seed: int = 0,
-                  candidates: Optional[Callable[[Program], Sequence[Schedule]]] = None) -> SearchResult:
+def mutate(env, program: Program, schedule: Schedule, rng: np.random.Generator) -> Schedule:
+    """`schedule` with one op's actions cut at a random point and the rest sampled again; the other
+    ops keep theirs where they still apply (an op after it whose actions no longer fit is sampled)."""
+    ps = ProgramState(program, env.cfg.actions)
+    j = int(rng.integers(len(ps.order)))
+    cut = int(rng.integers(len(schedule.actions(ps.order[j])) + 1))
+    while not ps.done:
+        tag = ps.order[ps.position]
+        acts = schedule.actions(tag)
+        mutated = tag == ps.order[j]
+        try:
+            for a in acts[:cut] if mutated else acts:
+                ps.step(a)
+        except ScheduleError:
+            mutated = True
+        if not ps.done and ps.order[ps.position] == tag:
+            if not mutated:
+                ps.finish_op()
+            while not ps.done and ps.order[ps.position] == tag:
+                for a in env.layout.sample_actions(ps, rng):
+                    ps.step(a)
+    return ps.schedule()
+
+
+def ranked_search(env, benchmark: str, budget: int, model, pool: int = 4096, seed: int = 0,
+                  candidates: Optional[Callable[[Program], Sequence[Schedule]]] = None,
+                  generations: int = 0, elite: int = 64) -> SearchResult:
     """Sample `pool` schedules (random ones, or those `candidates` gives), rank them by the cost
-    model (`envs.cost_model.CostModel`), measure the best `budget` in that order."""
+    model (`envs.cost_model.CostModel`), measure the best `budget` in that order. With
+    `generations`, first evolve the pool on the model alone: each generation mutates the `elite`
+    best into `pool` // 2 new schedules (`mutate`), as Ansor's evolutionary search does."""
     program = env.load(benchmark)
     base = env.measurer.baseline(program)
     scheds = list(candidates(program)) if candidates else sample_schedules(env, benchmark, pool, seed)
-    order = np.argsort(model.predict(program, scheds), kind="stable") if scheds else []
+    scores = list(model.predict(program, scheds)) if scheds else []
+    rng = np.random.default_rng(seed + 1)
+    seen = {str(x) for x in scheds}
+    for _ in range(generations):
+        parents = [scheds[i] for i in np.argsort(scores, kind="stable")[:elite]]
+        kids = []
+        for _ in range(pool // 2):
+            kid = mutate(env, program, parents[int(rng.integers(len(parents)))], rng)
+            if str(kid) not in seen:
+                seen.add(str(kid))
+                kids.append(kid)
+        scheds += kids
+        scores += list(model.predict(program, kids)) if kids else []
+    order = np.argsort(scores, kind="stable") if scheds else []
     best, best_s, curve, trials = "", 1.0, [], []
     for i in order[:budget]:
         m = env.measurer.measure(program, scheds[i])

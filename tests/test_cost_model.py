@@ -105,3 +105,17 @@ def test_trained_on_measured_times_and_ranked_search_measures_its_picks_in_order
     assert r.best_so_far == sorted(r.best_so_far)
     with pytest.raises(FileNotFoundError, match="no cost model"):
         CostModel.load(str(tmp_path / "none.pt"))
+
+
+def test_a_mutation_changes_one_op_and_keeps_the_others(env):
+    from envs.search import mutate
+    program = env.load("resnet_18_fc_batch_8")
+    rng = np.random.default_rng(0)
+    changed, one = 0, 0
+    for s in sample_schedules(env, "resnet_18_fc_batch_8", 40, seed=4):
+        kid = mutate(env, program, s, rng)
+        ProgramState.replay(program, kid, env.cfg.actions)  # valid
+        diff = [t for t in program.tags if kid.actions(t) != s.actions(t)]
+        changed += bool(diff)
+        one += len(diff) == 1
+    assert changed >= 20 and one >= 0.8 * changed  # a mutation, mostly of one op only

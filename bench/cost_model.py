@@ -1,0 +1,145 @@
+"""How a cost model's search settings compare, on held-out training programs.
+
+For each program (training programs only: the settings of a search may not be
+chosen on the eval split) and each variant `POOL:GENERATIONS`, `ranked_search`
+measures the model's best 8 of POOL random schedules, evolved GENERATIONS
+times on the model first; random search's best of 8 and of 256 are the
+yardsticks. Every winner is then measured again from scratch, all variants in
+turn, `--repeats` times (the median counts), so that the machine's drift hits
+them alike. Speedups are over the untransformed program, measured in the same
+rounds.
+
+    python -m envs.cost_model train --hold-out A B C --out cm_val.pt
+    python bench/cost_model.py --cost-model cm_val.pt --only A B C --variants 4096:0 1024:0 1024:4
+
+Writes bench/results/cost_model.json and cost_model.png (speedup per program
+and variant) and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cost-model", required=True)
+    ap.add_argument("--only", nargs="+", required=True, help="training programs the model has not learned from")
+    ap.add_argument("--variants", nargs="+", default=["4096:0", "1024:0", "1024:4"], help="POOL:GENERATIONS each")
+    ap.add_argument("--budget", type=int, default=8, help="measurements of each ranked search")
+    ap.add_argument("--random", type=int, default=256, help="random search's budget (0: none)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache-dir", default="", help="time cache of the searches (default: a new temporary one)")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "cost_model.json"))
+    args = ap.parse_args()
+
+    import tempfile
+    from envs import MlirScheduleEnv, random_search, ranked_search
+    from envs.cost_model import CostModel, learnable_rows
+    from envs.mlir import MeasureConfig, Measurer, Schedule
+    from envs.mlir.config import available_cpus
+    from envs.suites import write_suite
+    from rllib_models.callbacks import geomean
+
+    threads = args.threads or available_cpus()
+    model = CostModel.load(args.cost_model)
+    rows = {r["name"]: r for r in learnable_rows()}
+    bad = [n for n in args.only if n not in rows]
+    if bad:
+        ap.error(f"--only: {', '.join(bad)} are not training programs (the eval split and the imported blocks "
+                 f"are for evaluation only)")
+    seen = sorted(set(model.meta["programs"]) & set(args.only))
+    if seen:
+        ap.error(f"{args.cost_model} learned from {', '.join(seen)}: hold them out (--hold-out) to judge it on them")
+    variants = []
+    for v in args.variants:
+        try:
+            pool, gens = (int(x) for x in v.split(":"))
+        except ValueError:
+            ap.error(f"--variants {v}: expected POOL:GENERATIONS, e.g. 1024:4")
+        variants.append((f"model_{args.budget} pool {pool} gen {gens}", pool, gens))
+    tmp = tempfile.TemporaryDirectory()
+    suite = os.path.join(tmp.name, "programs.parquet")
+    write_suite([rows[n] for n in args.only], suite)
+    env = MlirScheduleEnv({"suite": suite, "measure": {"threads": threads, "repetitions": 3,
+                                                        "cache_dir": args.cache_dir or os.path.join(tmp.name, "c")}})
+    fresh = Measurer(MeasureConfig(threads=threads, repetitions=5))
+    methods = [v[0] for v in variants] + ([f"random_{args.budget}", f"random_{args.random}"] if args.random else [])
+    out, t0 = [], time.time()
+    try:
+        for name in args.only:
+            program = env.load(name)
+            winners, search_s = {}, {}
+            for label, pool, gens in variants:
+                t = time.time()
+                r = ranked_search(env, name, args.budget, model, pool=pool, seed=args.seed, generations=gens)
+                winners[label], search_s[label] = r.schedule, time.time() - t
+            if args.random:
+                r = random_search(env, name, args.random, args.seed)
+                winners[f"random_{args.budget}"] = r.best_of(args.budget)[0]
+                winners[f"random_{args.random}"] = r.best_of(args.random)[0]
+            times = {m: [] for m in methods}
+            base_times = []
+            for _ in range(args.repeats):  # every winner in turn, so that drift hits all alike
+                base_times.append(fresh.baseline(program).time_s)
+                for m in methods:
+                    if winners[m]:
+                        meas = fresh.measure(program, Schedule.parse(winners[m]))
+                        times[m].append(meas.time_s if meas.ok else float("inf"))
+            base = float(np.median(base_times))
+            entry = {"name": name, "base_s": base, "methods": {}}
+            for m in methods:
+                t = float(np.median(times[m])) if times[m] else base
+                entry["methods"][m] = {"schedule": winners[m], "time_s": t, "speedup": base / t,
+                                       "search_s": search_s.get(m)}
+            out.append(entry)
+            print(f"{name:<40} " + "  ".join(f"{m} x{entry['methods'][m]['speedup']:.2f}" for m in methods)
+                  + f"  ({time.time() - t0:.0f} s)", flush=True)
+    finally:
+        env.close()
+        fresh.close()
+        tmp.cleanup()
+    summary = {m: geomean([e["methods"][m]["speedup"] for e in out]) for m in methods}
+    result = {"cost_model": os.path.abspath(args.cost_model), "threads": threads, "rows": out, "summary": summary,
+              "methods": methods, "date": time.strftime("%Y-%m-%d %H:%M"),
+              "command": " ".join(["python", "bench/cost_model.py"] + sys.argv[1:])}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    w = max(len(m) for m in methods)
+    print("\ngeomean speedup over the untransformed program (winners re-measured, median of "
+          f"{args.repeats}):")
+    for m in methods:
+        print(f"  {m:<{w}} x{summary[m]:.2f}")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(out)), 4))
+    width = 0.8 / len(methods)
+    for k, m in enumerate(methods):
+        ax.bar(np.arange(len(out)) + k * width, [e["methods"][m]["speedup"] for e in out], width, label=m)
+    ax.set_xticks(np.arange(len(out)) + 0.4 - width / 2, [e["name"] for e in out], rotation=20, ha="right",
+                  fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("speedup over untransformed (re-measured)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    png = os.path.splitext(args.out)[0] + ".png"
+    fig.savefig(png, dpi=120)
+    print(f"wrote {args.out} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
