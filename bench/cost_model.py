@@ -32,7 +32,8 @@ sys.path.insert(0, ROOT)
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cost-model", required=True)
+    ap.add_argument("--cost-model", required=True, nargs="+",
+                    help="one model, or several (each variant runs with each; labelled by file name)")
     ap.add_argument("--only", nargs="+", required=True, help="training programs the model has not learned from")
     ap.add_argument("--variants", nargs="+", default=["4096:0", "1024:0", "1024:4"], help="POOL:GENERATIONS each")
     ap.add_argument("--budget", type=int, default=8, help="measurements of each ranked search")
@@ -53,22 +54,25 @@ def main() -> int:
     from rllib_models.callbacks import geomean
 
     threads = args.threads or available_cpus()
-    model = CostModel.load(args.cost_model)
+    models = {os.path.splitext(os.path.basename(p))[0]: CostModel.load(p) for p in args.cost_model}
     rows = {r["name"]: r for r in learnable_rows()}
     bad = [n for n in args.only if n not in rows]
     if bad:
         ap.error(f"--only: {', '.join(bad)} are not training programs (the eval split and the imported blocks "
                  f"are for evaluation only)")
-    seen = sorted(set(model.meta["programs"]) & set(args.only))
-    if seen:
-        ap.error(f"{args.cost_model} learned from {', '.join(seen)}: hold them out (--hold-out) to judge it on them")
+    for label, model in models.items():
+        seen = sorted(set(model.meta["programs"]) & set(args.only))
+        if seen:
+            ap.error(f"{label} learned from {', '.join(seen)}: hold them out (--hold-out) to judge it on them")
     variants = []
     for v in args.variants:
         try:
             pool, gens = (int(x) for x in v.split(":"))
         except ValueError:
             ap.error(f"--variants {v}: expected POOL:GENERATIONS, e.g. 1024:4")
-        variants.append((f"model_{args.budget} pool {pool} gen {gens}", pool, gens))
+        for label, model in models.items():
+            name = f"{label} " if len(models) > 1 else ""
+            variants.append((f"{name}model_{args.budget} pool {pool} gen {gens}", model, pool, gens))
     tmp = tempfile.TemporaryDirectory()
     suite = os.path.join(tmp.name, "programs.parquet")
     write_suite([rows[n] for n in args.only], suite)
@@ -81,7 +85,7 @@ def main() -> int:
         for name in args.only:
             program = env.load(name)
             winners, search_s = {}, {}
-            for label, pool, gens in variants:
+            for label, model, pool, gens in variants:
                 t = time.time()
                 r = ranked_search(env, name, args.budget, model, pool=pool, seed=args.seed, generations=gens)
                 winners[label], search_s[label] = r.schedule, time.time() - t
@@ -111,8 +115,8 @@ def main() -> int:
         fresh.close()
         tmp.cleanup()
     summary = {m: geomean([e["methods"][m]["speedup"] for e in out]) for m in methods}
-    result = {"cost_model": os.path.abspath(args.cost_model), "threads": threads, "rows": out, "summary": summary,
-              "methods": methods, "date": time.strftime("%Y-%m-%d %H:%M"),
+    result = {"cost_models": [os.path.abspath(p) for p in args.cost_model], "threads": threads, "rows": out,
+              "summary": summary, "methods": methods, "date": time.strftime("%Y-%m-%d %H:%M"),
               "command": " ".join(["python", "bench/cost_model.py"] + sys.argv[1:])}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

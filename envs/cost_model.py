@@ -23,6 +23,7 @@ the programs it learned from so that `bench/vs_pytorch.py` can check.
 
     python -m envs.cost_model train --cache-dir ~/.cache/mlir_rl/times --out cost_model.pt
     python -m envs.cost_model collect --budget 96 --cache-dir DIR   # random measurements of the train split
+    python -m envs.cost_model collect --budget 16 --cost-model cost_model.pt   # then the model's best picks
 """
 from __future__ import annotations
 
@@ -302,13 +303,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     co.add_argument("--threads", type=int, default=0)
     co.add_argument("--cache-dir", default=default_cache_dir())
     co.add_argument("--seed", type=int, default=11)
+    co.add_argument("--cost-model", default="",
+                    help="measure this model's best picks (ranked_search) instead of random schedules: the region "
+                         "where its ranking matters, as Ansor's measure-and-retrain rounds do")
     args = ap.parse_args(argv)
     threads = args.threads or available_cpus()
     if args.cmd == "collect":
         import tempfile
-        from . import MlirScheduleEnv, random_search
+        from . import MlirScheduleEnv, random_search, ranked_search
         from .suites import write_suite
         rows = learnable_rows()
+        model = CostModel.load(args.cost_model) if args.cost_model else None
         with tempfile.TemporaryDirectory() as tmp:
             suite = os.path.join(tmp, "train.parquet")
             write_suite(rows, suite)
@@ -317,7 +322,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             t0 = time.time()
             try:
                 for i, r in enumerate(rows):
-                    res = random_search(env, r["name"], args.budget, seed=args.seed)
+                    res = (ranked_search(env, r["name"], args.budget, model, seed=args.seed) if model
+                           else random_search(env, r["name"], args.budget, seed=args.seed))
                     print(f"[{i + 1}/{len(rows)}] {r['name']}: best x{res.speedup:.1f} over the untransformed "
                           f"({time.time() - t0:.0f} s)", flush=True)
             finally:
