@@ -303,6 +303,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     co.add_argument("--threads", type=int, default=0)
     co.add_argument("--cache-dir", default=default_cache_dir())
     co.add_argument("--seed", type=int, default=11)
+    co.add_argument("--only", nargs="*", default=[], help="only these training programs")
     co.add_argument("--cost-model", default="",
                     help="measure this model's best picks (ranked_search) instead of random schedules: the region "
                          "where its ranking matters, as Ansor's measure-and-retrain rounds do")
@@ -313,6 +314,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from . import MlirScheduleEnv, random_search, ranked_search
         from .suites import write_suite
         rows = learnable_rows()
+        unknown = sorted(set(args.only) - {r["name"] for r in rows})
+        if unknown:
+            ap.error(f"--only: {', '.join(unknown)} not among the training programs the model may learn from")
+        rows = [r for r in rows if not args.only or r["name"] in args.only]
         model = CostModel.load(args.cost_model) if args.cost_model else None
         with tempfile.TemporaryDirectory() as tmp:
             suite = os.path.join(tmp, "train.parquet")

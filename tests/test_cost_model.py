@@ -119,3 +119,20 @@ def test_a_mutation_changes_one_op_and_keeps_the_others(env):
         changed += bool(diff)
         one += len(diff) == 1
     assert changed >= 20 and one >= 0.8 * changed  # a mutation, mostly of one op only
+
+
+def test_collect_and_train_from_the_command_line(tmp_path, capsys):
+    from envs.cost_model import main
+    from envs.mlir import Program
+    from envs.mlir.cache import machine_fingerprint
+    cache, name = str(tmp_path / "c"), "resnet_18_layer2_relu"
+    with pytest.raises(SystemExit):
+        main(["collect", "--only", "gpt_2_c_attn_projection", "--cache-dir", cache])  # eval split: refused
+    assert "not among the training programs" in capsys.readouterr().err
+    assert main(["collect", "--budget", "3", "--only", name, "--threads", "1", "--cache-dir", cache]) == 0
+    assert f"[1/1] {name}" in capsys.readouterr().out
+    row = next(r for r in learnable_rows() if r["name"] == name)
+    recs = training_records([cache], {name: Program.from_text(row["mlir"], name)}, machine_fingerprint(1))
+    assert 2 <= len(recs) <= 4  # the untransformed program and the distinct schedules measured
+    with pytest.raises(ValueError, match="8 or more usable measurements"):  # too few to learn an order from
+        main(["train", "--cache-dir", cache, "--threads", "1", "--out", str(tmp_path / "m.pt")])
