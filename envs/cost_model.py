@@ -10,10 +10,11 @@ masks) and spends its measurements on the few the model likes best, as TVM's
 Ansor and MetaSchedule do with theirs.
 
 Per op, a feature vector of the op as the schedule leaves it (`op_vector`:
-the op's type, bounds, iterators and arithmetic, its ActionHistory, the final
-tile and its vector size, threads and peeled pieces); a small MLP scores each
-op; a program's predicted log time is the log-sum-exp of its ops' scores
-(time adds up over ops).  Trained on log times centred per program (only the
+the op's type and named op (a conv's data layout), bounds, iterators,
+arithmetic and largest access stride, its ActionHistory, the final tile and
+its vector size, threads and peeled pieces); small MLPs (an ensemble of 5,
+averaged) score each op; a program's predicted log time is the log-sum-exp of
+its ops' scores (time adds up over ops).  Trained on log times centred per program (only the
 order within a program matters), so times of different programs and sizes
 share one model.
 
@@ -41,7 +42,7 @@ from .mlir import ACTIONS, ARITH_KINDS, OP_TYPES, FeatureLayout, Program, Progra
 from .mlir.config import ActionConfig, FeatureConfig
 from .mlir.errors import ScheduleError
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 """Bumped when `op_vector` changes: a saved model of another version does not load."""
 
 
@@ -65,12 +66,21 @@ def op_vector(layout: FeatureLayout, ps: ProgramState, tag: str) -> np.ndarray:
           float(any(a.name in ("V", "R") for a in s.actions)), len(s.actions) / 5.0]
     v += [float(sum(isinstance(a, cls) for a in s.actions)) for cls in ACTIONS]
     v += list(layout.action_history(s))
+    v += [1.0 if op.name == n else 0.0 for n in NAMED_OPS]
+    v += [math.log2(max([abs(c) for m in op.loads for row in m for c in row] + [1]))]
     return np.asarray(v, np.float32)
+
+
+NAMED_OPS = ("linalg.generic", "linalg.matmul", "linalg.batch_matmul", "linalg.fill", "linalg.add",
+             "linalg.conv_2d_nhwc_hwcf", "linalg.conv_2d_nhwc_fhwc", "linalg.conv_2d_nchw_fchw",
+             "linalg.depthwise_conv_2d_nhwc_hwc", "linalg.pooling_nhwc_max", "linalg.pooling_nhwc_sum", "linalg.pooling_nchw_max", "linalg.pooling_nchw_sum")
+"""Named ops told apart (the data layout of a conv matters to its best schedule), the rest as none."""
 
 
 def vector_width(layout: FeatureLayout) -> int:
     """Length of `op_vector` (it depends only on the layout)."""
-    return len(OP_TYPES) + 3 * layout.fc.max_loops + len(ARITH_KINDS) + 10 + len(ACTIONS) + layout.history_size
+    return (len(OP_TYPES) + 3 * layout.fc.max_loops + len(ARITH_KINDS) + 10 + len(ACTIONS) + layout.history_size
+            + len(NAMED_OPS) + 1)
 
 
 def program_vectors(layout: FeatureLayout, program: Program, schedule: Schedule,
@@ -122,23 +132,27 @@ class CostModel:
     """Scores schedules of a program: lower predicted log time = faster."""
 
     def __init__(self, features: FeatureConfig = FeatureConfig(), actions: ActionConfig = ActionConfig(),
-                 hidden: int = 128, seed: int = 0):
+                 hidden: int = 128, seed: int = 0, members: int = 5):
         import torch
         self.fc, self.ac = features, actions
         self.layout = FeatureLayout(features, actions)
         self.width = vector_width(self.layout)
         torch.manual_seed(seed)
-        self.net = torch.nn.Sequential(torch.nn.Linear(self.width, hidden), torch.nn.ReLU(),
-                                       torch.nn.Linear(hidden, hidden // 2), torch.nn.ReLU(),
-                                       torch.nn.Linear(hidden // 2, 1))
-        self.hidden = hidden
+        # An ensemble of small MLPs, their predictions averaged: one network's top picks depend on
+        # its initial weights about as much as on its features (held-out programs, docs/ENV.md).
+        self.nets = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.Linear(self.width, hidden), torch.nn.ReLU(),
+                                torch.nn.Linear(hidden, hidden // 2), torch.nn.ReLU(), torch.nn.Linear(hidden // 2, 1))
+            for _ in range(members))
+        self.hidden, self.members = hidden, members
         self.meta: Dict = {"feature_version": FEATURE_VERSION, "programs": []}
 
     # --- scoring ---------------------------------------------------------------------------
-    def _forward(self, x, seg, n):
-        """Per-program log-sum-exp of the per-op scores."""
+    @staticmethod
+    def _forward(net, x, seg, n):
+        """Per-program log-sum-exp of the per-op scores of one member."""
         import torch
-        o = self.net(x).squeeze(-1)
+        o = net(x).squeeze(-1)
         c = o.max().detach()
         tot = torch.zeros(n, dtype=o.dtype).index_add_(0, seg, torch.exp(o - c))
         return torch.log(tot) + c
@@ -157,12 +171,12 @@ class CostModel:
         mats = [program_vectors(self.layout, program, s, self.ac) for s in schedules]
         if not mats:
             return np.zeros(0)
-        if mats[0].shape[1] != self.net[0].in_features:
-            raise ValueError(f"this cost model reads {self.net[0].in_features} features per op, the layout gives "
+        if mats[0].shape[1] != self.width:
+            raise ValueError(f"this cost model reads {self.width} features per op, the layout gives "
                              f"{mats[0].shape[1]}: it was trained with other action or feature settings")
         x, seg = self._stack(mats)
         with torch.no_grad():
-            return self._forward(x, seg, len(mats)).numpy()
+            return torch.stack([self._forward(net, x, seg, len(mats)) for net in self.nets]).mean(0).numpy()
 
     # --- training --------------------------------------------------------------------------
     def fit(self, records: List[Record], programs: Dict[str, Program], epochs: int = 60, lr: float = 1e-3,
@@ -184,15 +198,23 @@ class CostModel:
         if not data:
             raise ValueError("no program has 8 or more usable measurements in the cache: nothing to learn from "
                              "(run `python -m envs.cost_model collect` first)")
-        opt = torch.optim.Adam(self.net.parameters(), lr=lr, weight_decay=1e-5)
         names = sorted(data)
-        rng = np.random.default_rng(0)
         tensors = {}
         for k in names:
             x, seg = self._stack(data[k][0])
             y = torch.as_tensor(np.asarray(data[k][1], np.float32))
             tensors[k] = (x, seg, len(data[k][1]), y - y.mean())
         t0 = time.time()
+        for j, net in enumerate(self.nets):
+            self._fit_one(net, tensors, list(names), epochs, lr, batch_programs, np.random.default_rng(j),
+                          (lambda m: log(f"  member {j + 1}/{self.members}, {m}")) if log else None, t0)
+        self.meta = {"programs": sorted(data), "records": sum(len(v[1]) for v in data.values()),
+                     "skipped": skipped, "feature_version": FEATURE_VERSION}
+        return self.meta
+
+    def _fit_one(self, net, tensors, names, epochs, lr, batch_programs, rng, log, t0) -> None:
+        import torch
+        opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-5)
         for ep in range(epochs):
             rng.shuffle(names)
             total = 0.0
@@ -200,23 +222,20 @@ class CostModel:
                 loss = 0.0
                 for k in names[i:i + batch_programs]:
                     x, seg, n, yc = tensors[k]
-                    p = self._forward(x, seg, n)
+                    p = self._forward(net, x, seg, n)
                     loss = loss + ((p - p.mean() - yc) ** 2).mean()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 total += float(loss.detach())
-            if log and (ep % 10 == 0 or ep == epochs - 1):
-                log(f"  epoch {ep + 1}/{epochs}: loss {total / len(names):.4f} ({time.time() - t0:.0f} s)")
-        self.meta = {"programs": sorted(data), "records": sum(len(v[1]) for v in data.values()),
-                     "skipped": skipped, "feature_version": FEATURE_VERSION}
-        return self.meta
+            if log and (ep % 20 == 0 or ep == epochs - 1):
+                log(f"epoch {ep + 1}/{epochs}: loss {total / len(names):.4f} ({time.time() - t0:.0f} s)")
 
     # --- files -----------------------------------------------------------------------------
     def save(self, path: str, **meta) -> None:
         import torch
         self.meta.update(meta)
-        torch.save({"state": self.net.state_dict(), "hidden": self.hidden,
+        torch.save({"state": self.nets.state_dict(), "hidden": self.hidden, "members": self.members,
                     "meta": self.meta, "features": vars(self.fc), "actions": vars(self.ac)}, path)
 
     @classmethod
@@ -228,8 +247,9 @@ class CostModel:
         if d["meta"].get("feature_version") != FEATURE_VERSION:
             raise ValueError(f"{path}: a cost model of feature version {d['meta'].get('feature_version')}, "
                              f"this code reads version {FEATURE_VERSION}: train it again")
-        m = cls(FeatureConfig(**d["features"]), actions or ActionConfig(**d["actions"]), hidden=d["hidden"])
-        m.net.load_state_dict(d["state"])
+        m = cls(FeatureConfig(**d["features"]), actions or ActionConfig(**d["actions"]), hidden=d["hidden"],
+                members=d["members"])
+        m.nets.load_state_dict(d["state"])
         m.meta = d["meta"]
         return m
 
@@ -289,6 +309,7 @@ def learnable_rows(exclude: Sequence[str] = ()) -> List[Dict]:
 def main(argv: Optional[List[str]] = None) -> int:
     from .mlir.cache import default_cache_dir, machine_fingerprint
     from .mlir.config import available_cpus
+    from rllib_models.callbacks import geomean  # the project's one geometric mean (the CLI has Ray)
     ap = argparse.ArgumentParser(prog="python -m envs.cost_model", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     tr = sub.add_parser("train", help="train on the time cache's records of training programs")
@@ -297,6 +318,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     tr.add_argument("--hold-out", nargs="*", default=[],
                     help="training programs kept out of training and reported (a validation subset)")
     tr.add_argument("--epochs", type=int, default=60)
+    tr.add_argument("--seed", type=int, default=0, help="the networks' initial weights")
+    tr.add_argument("--members", type=int, default=5, help="networks in the ensemble (their predictions averaged)")
     tr.add_argument("--out", default="cost_model.pt")
     co = sub.add_parser("collect", help="random-search measurements of the training programs into a cache")
     co.add_argument("--budget", type=int, default=96, help="measurements per program")
@@ -345,7 +368,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     held = [r for r in records if r.program in args.hold_out]
     print(f"cost model: {len(train)} measurements of {len({r.program for r in train})} training programs "
           f"(fingerprint {fp[:12]}, {threads} threads); {len(held)} held out", flush=True)
-    model = CostModel()
+    model = CostModel(seed=args.seed, members=args.members)
     model.fit(train, programs, epochs=args.epochs)
     model.save(args.out, fingerprint=fp, threads=threads, held_out=sorted(args.hold_out),
                cache_dirs=[os.path.abspath(os.path.expanduser(c)) for c in args.cache_dir])
@@ -357,6 +380,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         for name, d in q.items():
             print(f"  {name:<40} {d['n']:5d} {d['spearman']:6.2f} x{d['top_pick_vs_median']:6.2f} "
                   f"x{d['best_vs_median']:6.2f}")
+        caught = geomean([d["top_pick_vs_median"] / d["best_vs_median"] for d in q.values()])
+        print(f"  geometric mean of top-8 pick / best: {caught:.3f}; "
+              f"mean Spearman {np.mean([d['spearman'] for d in q.values()]):.3f}")
     print(f"wrote {args.out}")
     return 0
 
