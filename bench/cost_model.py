@@ -61,7 +61,7 @@ def main() -> int:
         ap.error(f"--only: {', '.join(bad)} are not training programs (the eval split and the imported blocks "
                  f"are for evaluation only)")
     for label, model in models.items():
-        seen = sorted(set(model.meta["programs"]) & set(args.only))
+        seen = model.learned_from(args.only)
         if seen:
             ap.error(f"{label} learned from {', '.join(seen)}: hold them out (--hold-out) to judge it on them")
     variants = []

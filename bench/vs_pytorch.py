@@ -175,7 +175,7 @@ def main() -> int:
     if args.cost_model:
         from envs.cost_model import CostModel
         model = CostModel.load(args.cost_model)
-        seen = sorted(set(model.meta["programs"]) & {r["name"] for r in rows})
+        seen = model.learned_from(r["name"] for r in rows)
         if seen:
             raise SystemExit(f"{args.cost_model} learned from {', '.join(seen)}: a cost model is judged on programs "
                              f"it has not seen (train it with --hold-out)")

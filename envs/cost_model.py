@@ -231,6 +231,10 @@ class CostModel:
             if log and (ep % 20 == 0 or ep == epochs - 1):
                 log(f"epoch {ep + 1}/{epochs}: loss {total / len(names):.4f} ({time.time() - t0:.0f} s)")
 
+    def learned_from(self, names: Iterable[str]) -> List[str]:
+        """Those of `names` this model was trained on (a model is judged on programs it has not seen)."""
+        return sorted(set(self.meta.get("programs", [])) & set(names))
+
     # --- files -----------------------------------------------------------------------------
     def save(self, path: str, **meta) -> None:
         import torch
