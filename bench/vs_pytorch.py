@@ -49,12 +49,8 @@ def bench_rows(only: List[str], split: str = "eval") -> List[Dict]:
     """Eval-split rows and the imported blocks of every split; with split "train", the training
     programs instead (what design decisions may look at: the eval split is for evaluation only)."""
     import pyarrow.parquet as pq
-    from envs.suites import suite_path
-    if split == "train":
-        rows = pq.read_table(suite_path("train")).to_pylist()
-    else:
-        rows = pq.read_table(suite_path("eval")).to_pylist()
-        rows += [r for r in pq.read_table(suite_path("train")).to_pylist() if r["family"].startswith("imported_")]
+    from envs.suites import measuring_stick_rows, suite_path
+    rows = pq.read_table(suite_path("train")).to_pylist() if split == "train" else measuring_stick_rows()
     if only:
         missing = sorted(set(only) - {r["name"] for r in rows})
         if missing:

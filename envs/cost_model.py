@@ -90,6 +90,15 @@ def program_vectors(layout: FeatureLayout, program: Program, schedule: Schedule,
     return np.stack([op_vector(layout, ps, t) for t in program.tags])
 
 
+def usable_vectors(layout: FeatureLayout, program: Program, text: str, cfg: ActionConfig) -> Optional[np.ndarray]:
+    """`program_vectors` of a cached schedule text, or None for one this layout cannot replay
+    (a schedule of an older action set)."""
+    try:
+        return program_vectors(layout, program, Schedule.parse(text), cfg)
+    except (ScheduleError, ValueError):
+        return None
+
+
 @dataclass
 class Record:
     program: str
@@ -167,8 +176,11 @@ class CostModel:
 
     def predict(self, program: Program, schedules: Sequence[Schedule]) -> np.ndarray:
         """Predicted log time (up to a constant per program) of each schedule."""
+        return self.predict_vectors([program_vectors(self.layout, program, s, self.ac) for s in schedules])
+
+    def predict_vectors(self, mats: List[np.ndarray]) -> np.ndarray:
+        """`predict` of schedules already made into `program_vectors`."""
         import torch
-        mats = [program_vectors(self.layout, program, s, self.ac) for s in schedules]
         if not mats:
             return np.zeros(0)
         if mats[0].shape[1] != self.width:
@@ -186,9 +198,8 @@ class CostModel:
         data: Dict[str, Tuple[List[np.ndarray], List[float]]] = {}
         skipped = 0
         for r in records:
-            try:
-                m = program_vectors(self.layout, programs[r.program], Schedule.parse(r.schedule), self.ac)
-            except (ScheduleError, ValueError):  # a schedule of an older action set: not this layout's
+            m = usable_vectors(self.layout, programs[r.program], r.schedule, self.ac)
+            if m is None:
                 skipped += 1
                 continue
             data.setdefault(r.program, ([], []))
@@ -267,17 +278,15 @@ def ranking_quality(model: CostModel, records: List[Record], programs: Dict[str,
         by.setdefault(r.program, []).append(r)
     out = {}
     for name, rs in sorted(by.items()):
-        scheds, ys = [], []
+        mats, ys = [], []
         for r in rs:
-            try:
-                scheds.append(Schedule.parse(r.schedule))
-                ProgramState.replay(programs[name], scheds[-1], model.ac)
+            m = usable_vectors(model.layout, programs[name], r.schedule, model.ac)
+            if m is not None:
+                mats.append(m)
                 ys.append(r.log_time)
-            except (ScheduleError, ValueError):
-                scheds.pop()
         if len(ys) < top:
             continue
-        p = model.predict(programs[name], scheds)
+        p = model.predict_vectors(mats)
         ys = np.asarray(ys)
         rank = lambda a: np.argsort(np.argsort(a))  # noqa: E731
         rho = float(np.corrcoef(rank(p), rank(ys))[0, 1])
@@ -293,21 +302,16 @@ def _train_programs(split_rows: List[Dict]) -> Dict[str, Program]:
 
 def stick_names() -> List[str]:
     """Names of the measuring stick's programs (eval split + imported blocks): never trained on."""
-    import pyarrow.parquet as pq
-    from .suites import suite_path
-    names = [r["name"] for r in pq.read_table(suite_path("eval"), columns=["name"]).to_pylist()]
-    names += [r["name"] for r in pq.read_table(suite_path("train"), columns=["name", "family"]).to_pylist()
-              if r["family"].startswith("imported_")]
-    return names
+    from .suites import measuring_stick_rows
+    return [r["name"] for r in measuring_stick_rows()]
 
 
-def learnable_rows(exclude: Sequence[str] = ()) -> List[Dict]:
+def learnable_rows() -> List[Dict]:
     """Train-split rows the cost model may learn from: not the imported blocks (on the measuring stick)."""
     import pyarrow.parquet as pq
     from .suites import suite_path
     stick = set(stick_names())
-    return [r for r in pq.read_table(suite_path("train")).to_pylist()
-            if r["name"] not in stick and r["name"] not in exclude]
+    return [r for r in pq.read_table(suite_path("train")).to_pylist() if r["name"] not in stick]
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -56,6 +56,13 @@ def suite_path(split: str) -> str:
     return os.path.join(SUITE_DIR, f"{split}.parquet")
 
 
+def measuring_stick_rows() -> List[Dict]:
+    """The programs evaluation is judged on: the eval split and the imported blocks of every split
+    (`bench/vs_pytorch.py`'s rows; no training-side choice, nor the cost model, may learn from them)."""
+    rows = pq.read_table(suite_path("eval")).to_pylist()
+    return rows + [r for r in pq.read_table(suite_path("train")).to_pylist() if r["family"].startswith("imported_")]
+
+
 def load_suite(path: str, names: Optional[Sequence[str]] = None) -> List[Benchmark]:
     """Benchmarks of a suite file, optionally only those named."""
     if not os.path.exists(path):
