@@ -42,7 +42,7 @@ from .mlir import ACTIONS, ARITH_KINDS, OP_TYPES, FeatureLayout, Program, Progra
 from .mlir.config import ActionConfig, FeatureConfig
 from .mlir.errors import ScheduleError
 
-FEATURE_VERSION = 2
+FEATURE_VERSION = 3
 """Bumped when `op_vector` changes: a saved model of another version does not load."""
 
 

@@ -34,6 +34,8 @@ CASES = [
     ("conv_nchw", "operation_1: TP(1,4,0,0,0,0,0) R(4,4,2)"),
     ("depthwise", "operation_1: R(6,16,1)"),
     ("batch", "operation_1: P(8) R(4,8,2)"),
+    ("matmul", "operation_1: R(6,16,4,16); operation_0: R(4,16,1)"),  # k in blocks of 16 outside the kernels
+    ("conv", "operation_1: R(4,16,2,4)"),  # input channels in blocks of 4
 ]
 
 
@@ -172,7 +174,8 @@ def test_register_tile_geometry_and_masks(programs):
             ps.step(NT())
         s = ps.current
         assert R.geometry(s) == geometry, name
-        shapes, unroll = R.head_masks(s, cfg, 12)
+        shapes, unroll, kc = R.head_masks(s, cfg, 12)
+        assert kc[0][0] and all(not ok or R.kc_problem(s, k) is None for k, ok in zip(cfg.register_kc, kc[0]))
         allowed = {t for t, ok in zip(cfg.register_tiles, shapes[0]) if ok}
         n, m = geometry
         for rows, vectors in allowed:
@@ -208,3 +211,33 @@ def test_register_tile_geometry_and_masks(programs):
     assert lay.decode(vec, lay.masks(s), s) == a
     hist = FeatureLayout(FeatureConfig(), cfg).action_history(after)
     assert hist[ACTIONS.index(R)] == 1
+
+
+def test_register_tile_reduction_block(programs):
+    """R's kc splits the longest reduction loop into blocks outside the kernels (inside R's
+    forall); the kernel's reduction then runs kc times; only blocks dividing the loop are
+    allowed; the text of R without kc is unchanged (cached times stay valid)."""
+    cfg = ActionConfig(vector_width=16, register_kc=(0, 8, 16, 32))
+    s = ProgramState(programs["matmul"], cfg).current  # 24x40, k = 32
+    assert R.block_loop(s) == 2
+    _, _, kc = R.head_masks(s, cfg, 12)
+    assert kc[0].tolist() == [True, True, True, False]  # 32 does not split k
+    assert "divide" in R(6, 16, 1, 12).check(s, cfg) and "divide" in R(6, 16, 1, 32).check(s, cfg)
+    a = R(6, 16, 4, 8)
+    assert a.check(s, cfg) is None and str(a) == "R(6,16,4,8)" and str(R(6, 16, 4)) == "R(6,16,4)"
+    after = ProgramState(programs["matmul"], cfg).step(a)
+    assert after.pieces[0] == (6, 16, 1) and after.unroll == 4
+    assert [(d, trips) for d, _, trips in after.last_tile] == [(0, 1), (1, 3), (2, 8)]  # k: 8 per block
+    lay = ActionLayout(FeatureConfig(), cfg)
+    (vec,) = lay.encode(a, s)
+    assert lay.decode(vec, lay.masks(s), s) == a
+    # The block loop comes between R's forall and the kernel loops; U unrolls the kernel's, not it.
+    script = build_script(programs["matmul"], Schedule.parse("operation_1: R(6,16,4,8)")).text
+    assert script.index("tile_using_forall") < script.index("tile_sizes [0, 0, 8]") < script.index("tile_sizes [0, 16, 1]")  # rows: one chunk of the forall
+    assert '"operation_1.a0kc.d2"' in script and 'rl_loop = "operation_1.a0.d2"' in script
+    # A conv blocks its input channels (the longest reduction), not a 3-wide window loop.
+    ps = ProgramState(programs["conv_nchw"], cfg)
+    while ps.current.op.name != "linalg.conv_2d_nchw_fchw":
+        ps.step(NT())
+    conv = ps.current
+    assert R.block_loop(conv) == 4

@@ -95,6 +95,9 @@ class ActionConfig:
     vector registers are masked).  Whole powers of two of vectors only: 3 vectors (48 lanes)
     measured 10x slower than 2 or 4 (matmul, AVX-512). Chosen on matmuls of bench/ and the
     training split only (a (16, 1) once added after looking at an eval program was removed)."""
+    register_kc: Tuple[int, ...] = (0, 32, 64, 128, 256)
+    """R's reduction blocks (0: none; a block must divide the loop).  Blocks whose slice of B
+    fits L2 won on training programs: 64 on a 3x3 conv of 512 channels, 256 on an 8-row matmul."""
 
     def __post_init__(self):
         _check(len(self.tile_sizes) >= 1, "tile_sizes", "needs at least one size")
@@ -114,6 +117,10 @@ class ActionConfig:
                                                      for t in self.register_tiles),
                "register_tiles", f"needs (rows, vectors) pairs of positive integers, got {self.register_tiles}")
         _check(len(set(self.register_tiles)) == len(self.register_tiles), "register_tiles", "has duplicates")
+        _check(len(self.register_kc) >= 1 and self.register_kc[0] == 0 and
+               all(k >= max(self.unroll_factors) for k in self.register_kc[1:]) and
+               list(self.register_kc) == sorted(set(self.register_kc)), "register_kc",
+               f"needs 0 (none) first, then increasing blocks >= the largest unroll factor, got {self.register_kc}")
 
     @property
     def tile_choices(self) -> Tuple[int, ...]:

@@ -137,6 +137,10 @@ class T(Tiling):
 
     name = "T"
 
+    def __init__(self, values: Sequence[int], label: str = ""):
+        super().__init__(values)
+        self.label = label  # tells apart the loops of two T's of one action (R's kc block and its kernel)
+
     def size_ok(self, s, d, size):
         if size == 0:
             return None
@@ -175,7 +179,7 @@ class T(Tiling):
             return s.replace(pending_interchange=None)
         pieces = tuple(q for p in s.pieces for q in self.split(s, p))
         k = len(s.actions)
-        loops = tuple((d, f"{s.op.tag}.a{k}.d{d}", -(-s.bounds[d] // self.sizes[d]))
+        loops = tuple((d, f"{s.op.tag}.a{k}{self.label}.d{d}", -(-s.bounds[d] // self.sizes[d]))
                       for d in self.order(s) if self.sizes[d])
         return s.replace(pieces=pieces, tiled=True, pending_interchange=None, last_tile=loops)
 
@@ -195,7 +199,7 @@ class T(Tiling):
                   f"[{', '.join(map(str, tiles))}]{inter} : ({ANY}) -> ({', '.join([ANY] * (1 + len(dims)))})")
             for d, loop in zip(dims, loops):
                 if s.iterator_types[d] == "reduction":  # U finds it by this name
-                    b.annotate(loop, "rl_loop", f"{s.op.tag}.a{len(s.actions)}.d{d}")
+                    b.annotate(loop, "rl_loop", f"{s.op.tag}.a{len(s.actions)}{self.label}.d{d}")
             for d, loop in reversed(list(zip(dims, loops))):  # innermost first: outer handles stay valid
                 if piece[d] % tiles[d]:
                     c, main, rem = b.fresh("c"), b.fresh("pm"), b.fresh("pr")
