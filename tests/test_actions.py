@@ -241,3 +241,25 @@ def test_register_tile_reduction_block(programs):
         ps.step(NT())
     conv = ps.current
     assert R.block_loop(conv) == 4
+
+
+def test_register_tile_threads_share_evenly():
+    """R's forall takes the outermost parallel loop of at least 8 chunks, not a 3-row one that
+    leaves a thread of two idle a third of the time (a conv with a 3x3 output, 128 filters)."""
+    t_in, t_w, t_out = "tensor<1x5x5x32xf32>", "tensor<3x3x32x128xf32>", "tensor<1x3x3x128xf32>"
+    p = Program.from_text(f"""func.func @c(%i: {t_in}, %w: {t_w}) -> {t_out} {{
+  %z = arith.constant 0.0 : f32
+  %e = tensor.empty() : {t_out}
+  %f = linalg.fill ins(%z : f32) outs(%e : {t_out}) -> {t_out}
+  %r = linalg.conv_2d_nhwc_hwcf {{dilations = dense<1> : tensor<2xi64>, strides = dense<1> : tensor<2xi64>}}
+         ins(%i, %w : {t_in}, {t_w}) outs(%f : {t_out}) -> {t_out}
+  return %r : {t_out}
+}}""", "small_conv.mlir")
+    cfg = ActionConfig(vector_width=16)
+    ps = ProgramState(p, cfg)
+    while ps.current.op.name != "linalg.conv_2d_nhwc_hwcf":
+        ps.step(NT())
+    s = ps.current  # loops (n, oh, ow, f, kh, kw, c) = (1, 3, 3, 128, 3, 3, 32)
+    assert R(2, 16, 1).parallel(s).sizes == (0, 0, 0, 16, 0, 0, 0)  # f in 8 chunks, not oh in 3
+    # With 64 columns no loop makes 8 chunks (f: 2, oh: 3, ow: 1 of 2 rows): the most chunks wins.
+    assert R(2, 64, 1).parallel(s).sizes == (0, 1, 0, 0, 0, 0, 0)
