@@ -18,7 +18,7 @@ every kernel of the thread reuses it; without it each row of kernels streams
 all of B from memory (a 3x3 conv with 9 MB of weights measured 4x slower, a
 skinny matmul 1.6x).  As
 the op's first tiling, R also spreads its kernels over threads (a forall over
-the outermost parallel loop, in chunks of whole kernels, `R.parallel`), as a
+a parallel loop of enough chunks, in chunks of whole kernels, `R.parallel`), as a
 BLAS does: a schedule of one R is then a parallel micro-kernel, not a
 single-threaded one waiting for a TP that a sampled episode rarely puts first.
 
@@ -63,7 +63,7 @@ class R(Action):
         self.rows, self.cols, self.unroll, self.kc = int(rows), int(cols), int(unroll), int(kc)
 
     @property
-    def params(self):  # no kc written when none: the texts (and cached times) of R before kc stay valid
+    def params(self):  # no kc written when none: schedules written before kc still parse
         return (self.rows, self.cols, self.unroll) + ((self.kc,) if self.kc else ())
 
     @classmethod
