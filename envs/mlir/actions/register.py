@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -39,7 +39,7 @@ from ..opstate import OpState
 from .base import Action, Head, common_block
 from .loops import U
 from .rewrite import V
-from .tiling import TP, T
+from .tiling import TP, T, Tiling
 
 
 CHUNKS = 16
@@ -122,10 +122,6 @@ class R(Action):
         _, d, size = best
         return TP(tuple(size if e == d else 0 for e in range(s.num_loops)))
 
-    def _threaded(self, s: OpState) -> OpState:
-        tp = self.parallel(s)
-        return tp.apply(s, None) if tp is not None else s
-
     @staticmethod
     def order(s: OpState) -> Tuple[int, ...]:
         """Parallel loops outside, reductions innermost (each in the op's order)."""
@@ -146,22 +142,22 @@ class R(Action):
             return None
         return T(tuple(self.kc if e == d else 0 for e in range(s.num_loops)), label="kc")
 
-    def _blocked(self, s: OpState) -> OpState:
-        """The state inside R's forall and kc's block loop."""
-        s = self._threaded(s)
-        kt = self.blocking(s)
-        return kt.apply(s, None) if kt is not None else s
-
-    def _tiling(self, s: OpState) -> Tuple[T, OpState]:
-        """The T that makes the kernel's loops, and the state it is applied to (inside R's forall
-        and kc's block loop)."""
-        s = self._blocked(s)
-        return T(self.sizes(s)), s.replace(pending_interchange=self.order(s))
+    def stages(self, s: OpState) -> List[Tuple[Tiling, OpState]]:
+        """R's tilings in order, each with the state it applies to: its forall (when the op's
+        first tiling), kc's block loop, the kernel's T (reductions innermost)."""
+        out: List[Tuple[Tiling, OpState]] = []
+        for make in (self.parallel, self.blocking):  # kc's loop is found inside the forall
+            tiling = make(s)
+            if tiling is not None:
+                out.append((tiling, s))
+                s = tiling.apply(s, None)
+        s = s.replace(pending_interchange=self.order(s))
+        return out + [(T(self.sizes(s)), s)]
 
     def tiled(self, s: OpState) -> OpState:
-        t, s2 = self._tiling(s)
+        t, s2 = self.stages(s)[-1]
         if not t.splits(s2):  # the op already is one kernel: no loop of its own to unroll
-            return self._blocked(s).replace(last_tile=None)
+            return s2.replace(pending_interchange=None, last_tile=None)
         return t.apply(s2, None)
 
     # --- validity ---------------------------------------------------------------------
@@ -313,15 +309,8 @@ class R(Action):
         return tiled.replace(ended=True, unroll=self.unroll if self.unroll > 1 else None)
 
     def emit(self, b, s, ctx):
-        tp = self.parallel(s)
-        if tp is not None:
-            tp.emit(b, s, ctx)
-        threaded = self._threaded(s)
-        kt = self.blocking(threaded)
-        if kt is not None:
-            kt.emit(b, threaded, ctx)
-        t, s2 = self._tiling(s)
-        t.emit(b, s2, ctx)
+        for tiling, before in self.stages(s):
+            tiling.emit(b, before, ctx)
         tiled = self.tiled(s)
         V().emit(b, tiled, ctx)
         if self.unroll > 1:
