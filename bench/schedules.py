@@ -114,18 +114,19 @@ def _torch_cases():
 
 # name: (program text, FLOPs, best hand-written schedule).  Each is a schedule the agent can
 # sample with the default action space (a test walks them through the env's masks): threads
-# (TP/TF) over the rows, then R's register tile (14 or 6 rows x 2 or 4 vectors of 16).
+# (TP/TF) over the rows, then R's register tile (14 or 6 rows x 2 or 4 vectors of 16), which
+# computes the fill a TF fused (R.fill_fusion).
 CASES = {
     "matmul_256": (_matmul(256), 2 * 256 ** 3,
                    "operation_0: TP(64,0) R(4,64,1); operation_1: TP(64,0,0) R(14,32,4)"),
     "matmul_512": (_matmul(512), 2 * 512 ** 3,
-                   "operation_1: TF(64,0,0) R(14,32,4); operation_0: R(4,64,1)"),
+                   "operation_1: TF(64,0,0) R(14,32,4)"),
     "bmm_bert": (_bmm(12, 128, 64, 128), 2 * 12 * 128 * 64 * 128,
-                 "operation_1: TF(2,0,0,0) R(6,64,2); operation_0: R(4,64,1)"),
+                 "operation_1: TF(2,0,0,0) R(6,64,2)"),
     "conv3x3_28": (_conv(28, 64, 64), 2 * 28 * 28 * 64 * 64 * 9,
-                   "operation_1: TF(1,2,0,0,0,0,0) R(14,32,8); operation_0: R(4,64,1)"),
+                   "operation_1: TF(1,2,0,0,0,0,0) R(14,32,8)"),
     "maxpool_57": (_pool(57, 64), 28 * 28 * 64 * 9,
-                   "operation_1: TF(1,2,0,0,0,0) R(4,64,1); operation_0: R(4,64,1)"),
+                   "operation_1: TF(1,2,0,0,0,0) R(4,64,1)"),
     "add_relu": (_add_relu(512, 1024), 2 * 512 * 1024,
                  "operation_1: TF(64,0) R(4,64,1); operation_0: R(4,64,1)"),
 }

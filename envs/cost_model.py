@@ -42,7 +42,7 @@ from .mlir import ACTIONS, ARITH_KINDS, OP_TYPES, FeatureLayout, Program, Progra
 from .mlir.config import ActionConfig, FeatureConfig
 from .mlir.errors import ScheduleError
 
-FEATURE_VERSION = 3
+FEATURE_VERSION = 4
 """Bumped when `op_vector` changes: a saved model of another version does not load."""
 
 
@@ -63,7 +63,7 @@ def op_vector(layout: FeatureLayout, ps: ProgramState, tag: str) -> np.ndarray:
     v += [points / 30.0, inner / 30.0, (points - inner) / 30.0,
           math.log2(s.vector_elements(s.bounds)) / 16.0, math.log2(len(s.pieces)) / 4.0,
           float(s.parallel), float(s.tiled), math.log2(s.unroll or 1) / 5.0,
-          float(any(a.name in ("V", "R") for a in s.actions)), len(s.actions) / 5.0]
+          float(any(a.name in ("V", "R") for a in s.actions)), len(s.actions) / 5.0, float(s.fused_into is not None)]
     v += [float(sum(isinstance(a, cls) for a in s.actions)) for cls in ACTIONS]
     v += list(layout.action_history(s))
     v += [1.0 if op.name == n else 0.0 for n in NAMED_OPS]
@@ -79,7 +79,7 @@ NAMED_OPS = ("linalg.generic", "linalg.matmul", "linalg.batch_matmul", "linalg.f
 
 def vector_width(layout: FeatureLayout) -> int:
     """Length of `op_vector` (it depends only on the layout)."""
-    return (len(OP_TYPES) + 3 * layout.fc.max_loops + len(ARITH_KINDS) + 10 + len(ACTIONS) + layout.history_size
+    return (len(OP_TYPES) + 3 * layout.fc.max_loops + len(ARITH_KINDS) + 11 + len(ACTIONS) + layout.history_size
             + len(NAMED_OPS) + 1)
 
 

@@ -8,6 +8,7 @@ from envs import ActionLayout
 from envs.mlir import (ACTIONS, NT, TF, TP, ActionConfig, T, FeatureConfig, FeatureLayout, Program, ProgramState, Schedule,
                        build_script, write_transformed)
 from envs.mlir.actions.rewrite import P
+from envs.mlir.errors import ScheduleError
 from envs.mlir.actions.register import R
 
 CASES = [
@@ -30,12 +31,13 @@ CASES = [
     ("matmul", "operation_1: P(8) T(6,1,4,0) V; operation_0: T(1,8) V"),
     ("batch", "operation_1: P(8) TP(1,4,0,0,0) T(1,4,1,8,0) U(2) V"),
     ("matmul", "operation_1: T(0,20,0) R(6,16,4); operation_0: R(4,16,1)"),  # register tile, remainder peeled
-    ("conv", "operation_1: R(4,16,2); operation_0: R(8,16,1)"),
+    ("conv", "operation_1: R(4,16,2)"),  # the fill computed in R's kernels (zeros in registers)
     ("conv_nchw", "operation_1: TP(1,4,0,0,0,0,0) R(4,4,2)"),
     ("depthwise", "operation_1: R(6,16,1)"),
     ("batch", "operation_1: P(8) R(4,8,2)"),
     ("matmul", "operation_1: R(6,16,4,16); operation_0: R(4,16,1)"),  # k in blocks of 16 outside the kernels
-    ("conv", "operation_1: R(4,16,2,4)"),  # input channels in blocks of 4
+    ("conv", "operation_1: R(4,16,2,4); operation_0: V"),  # input channels in blocks of 4; the fill in R's forall
+    ("matmul", "operation_1: TF(12,0,0) R(6,16,4)"),  # the fill TF fused, then in R's kernels
 ]
 
 
@@ -241,6 +243,38 @@ def test_register_tile_reduction_block(programs):
         ps.step(NT())
     conv = ps.current
     assert R.block_loop(conv) == 4
+
+
+def test_register_tile_fuses_the_fill(programs):
+    """R computes the fill of its output inside its kernels (the accumulators start as zeros)
+    when the fill is beside the op; the fill is then done, takes no actions, and the env skips
+    it.  With a kc block the fill moves only into R's forall and is scheduled as usual; after
+    a TP or a T it stays where it is."""
+    cfg = ActionConfig(vector_width=16, register_kc=(0, 8, 16, 32))
+    p = programs["matmul"]  # operation_0: the fill of the 24x40 output; operation_1: the matmul
+    ps = ProgramState(p, cfg)
+    assert ps.current.init_fill == "operation_0"
+    assert R(6, 16, 4).fill_fusion(ps.current) == (True, True)
+    ps.step(R(6, 16, 4))
+    fill = ps.states["operation_0"]
+    assert ps.done and fill.ended and fill.fused_into == "operation_1" and not fill.actions
+    assert str(ps.schedule()) == "operation_0: NT; operation_1: R(6,16,4)"
+    script = build_script(p, ps.schedule()).text
+    assert "fuse_into_containing_op" in script and "transform.structured.fuse %" in script
+    with pytest.raises(ScheduleError, match="fused into the register tile"):
+        ProgramState.replay(p, Schedule.parse("operation_1: R(6,16,4); operation_0: V"), cfg)
+    # With kc the fill must be done before the first block: only into the forall (6 of 24 rows).
+    ps = ProgramState(p, cfg)
+    assert R(6, 16, 4, 8).fill_fusion(ps.current) == (True, False)
+    ps.step(R(6, 16, 4, 8))
+    fill = ps.states["operation_0"]
+    assert not ps.done and ps.current is fill and fill.parallel and fill.pieces == ((6, 40),)
+    # A TF that fused the fill keeps it beside the op; a TP or a T leaves it outside.
+    for first, fused in ((TF((12, 0, 0)), (False, True)), (TP((12, 0, 0)), (False, False)),
+                         (T((0, 20, 0)), (False, False))):
+        ps = ProgramState(p, cfg)
+        ps.step(first)
+        assert R(6, 16, 4).fill_fusion(ps.current) == fused, first
 
 
 def test_register_tile_threads_share_evenly():

@@ -79,7 +79,8 @@ def test_random_episode_on_each_family_is_measured_and_checked(env, name):
         steps += 1
     assert info["status"] == "ok", info["message"]  # "ok" is only given to a checked, correct result
     assert total == pytest.approx(math.log(info["speedup"]))
-    assert steps >= len(env.load(name).ops)
+    # One step at least per op, but for fills R computed in its kernels (they take none).
+    assert steps >= sum(1 for s in env.ps.states.values() if not s.fused_into)
 
 
 def test_reward_of_a_known_schedule(env):

@@ -86,13 +86,16 @@ class OpState:
     pending_interchange: Optional[Tuple[int, ...]] = None
     last_tile: Optional[Tuple[Tuple[int, str, int], ...]] = None  # (dim, loop id, trips) of the last T
     producer_fusable: bool = False  # a Linalg producer that feeds only this op
+    init_fill: Optional[str] = None  # tag of the linalg.fill that is this op's init and feeds only it
+    fused_into: Optional[str] = None  # the consumer whose register tile (R) took this op in: no actions
     unroll: Optional[int] = None
     ended: bool = False
 
     @classmethod
-    def initial(cls, op: LinalgOp, producer_fusable: bool = False) -> "OpState":
+    def initial(cls, op: LinalgOp, producer_fusable: bool = False, init_fill: Optional[str] = None) -> "OpState":
         return cls(op=op, name=op.name, op_type=op.op_type, iterator_types=op.iterator_types,
-                   loads=op.loads, stores=op.stores, pieces=(op.bounds,), producer_fusable=producer_fusable)
+                   loads=op.loads, stores=op.stores, pieces=(op.bounds,), producer_fusable=producer_fusable,
+                   init_fill=init_fill)
 
     @property
     def bounds(self) -> Bounds:

@@ -11,6 +11,17 @@ from .program import Program
 from .schedule import Schedule
 
 
+def _init_fill(program: Program, op) -> Optional[str]:
+    """The tag of the linalg.fill that initializes `op`'s output and feeds nothing else, else None."""
+    if len(op.stores) != 1:
+        return None
+    tag = op.operand_producers[len(op.loads)]
+    if tag is None:
+        return None
+    fill = program.op(tag)
+    return tag if fill.name == "linalg.fill" and fill.result_uses == 1 else None
+
+
 class ProgramState:
     """Replays actions over a program, op by op, last op first.
 
@@ -24,7 +35,8 @@ class ProgramState:
         self.cfg = cfg
         self.order = [op.tag for op in program.schedule_order()]
         self.states: Dict[str, OpState] = {
-            op.tag: OpState.initial(op, op.producer is not None and program.op(op.producer).result_uses == 1)
+            op.tag: OpState.initial(op, op.producer is not None and program.op(op.producer).result_uses == 1,
+                                    _init_fill(program, op))
             for op in program.ops}
         self.history: Dict[str, List[OpState]] = {t: [] for t in self.order}  # states before each action
         self.position = 0
@@ -54,6 +66,8 @@ class ProgramState:
         self.states[s.op.tag] = new
         if new.ended:
             self.position += 1
+            while not self.done and self.states[self.order[self.position]].ended:
+                self.position += 1  # a fill R fused into its consumer's kernel: nothing left to choose
         return new
 
     def copy(self) -> "ProgramState":
@@ -81,6 +95,10 @@ class ProgramState:
                 ps.step(a)
             if not ps.done and ps.order[ps.position] == tag:
                 ps.finish_op()
+        for tag, s in ps.states.items():
+            if s.fused_into and schedule.actions(tag):
+                raise ScheduleError(f"{tag}: {schedule.actions(tag)[0]} is invalid: the fill is fused into the register "
+                                    f"tile (R) of {s.fused_into}, which computes it; it takes no actions (NT)")
         return ps
 
     def schedule(self) -> Schedule:

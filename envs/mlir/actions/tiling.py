@@ -137,9 +137,13 @@ class T(Tiling):
 
     name = "T"
 
-    def __init__(self, values: Sequence[int], label: str = ""):
+    def __init__(self, values: Sequence[int], label: str = "", fuse: bool = False):
         super().__init__(values)
         self.label = label  # tells apart the loops of two T's of one action (R's kc block and its kernel)
+        # R's kernel with its fill: the parallel loops tiled by `structured.fuse`, which brings the
+        # op's producers into the tile (the fill of the output: zeros in registers, no pass over C);
+        # then the reductions by `tile_using_for`, innermost.
+        self.fuse = fuse
 
     def size_ok(self, s, d, size):
         if size == 0:
@@ -193,10 +197,13 @@ class T(Tiling):
             dims = [d for d in order if tiles[d]]
             if not dims:
                 continue
-            t, loops = b.fresh("t"), [b.fresh("l") for _ in dims]
-            inter = f" interchange = [{', '.join(map(str, order))}]" if list(order) != sorted(order) else ""
-            b.add(f"{t}, {', '.join(loops)} = transform.structured.tile_using_for {handle} tile_sizes "
-                  f"[{', '.join(map(str, tiles))}]{inter} : ({ANY}) -> ({', '.join([ANY] * (1 + len(dims)))})")
+            if self.fuse:
+                t, loops = self._emit_fused(b, s, handle, tiles, dims)
+            else:
+                t, loops = b.fresh("t"), [b.fresh("l") for _ in dims]
+                inter = f" interchange = [{', '.join(map(str, order))}]" if list(order) != sorted(order) else ""
+                b.add(f"{t}, {', '.join(loops)} = transform.structured.tile_using_for {handle} tile_sizes "
+                      f"[{', '.join(map(str, tiles))}]{inter} : ({ANY}) -> ({', '.join([ANY] * (1 + len(dims)))})")
             for d, loop in zip(dims, loops):
                 if s.iterator_types[d] == "reduction":  # U finds it by this name
                     b.annotate(loop, "rl_loop", f"{s.op.tag}.a{len(s.actions)}{self.label}.d{d}")
@@ -210,6 +217,27 @@ class T(Tiling):
         if peeled:
             b.canonicalize()  # fold the peeled bounds so every piece has a static shape
         b.pieces = b.split(b.match_tag(s.op.tag), sum(len(self.split(s, p)) for p in s.pieces))
+
+    @staticmethod
+    def _emit_fused(b, s: OpState, handle: str, tiles: Tuple[int, ...], dims: List[int]):
+        """`structured.fuse` over the parallel tiles, then `tile_using_for` over the reductions;
+        (tiled op, loops in `dims` order).  `dims` must be the parallel loops in the op's order,
+        then the reductions (R's kernel order), as `fuse` takes no interchange here."""
+        par = [d for d in dims if s.iterator_types[d] == "parallel"]
+        red = [d for d in dims if s.iterator_types[d] != "parallel"]
+        if dims != par + red or par != sorted(par):
+            raise AssertionError(f"a fused kernel tiling needs parallel loops in order, then reductions: {dims}")
+        t, loops = handle, []
+        for group in (par, red):
+            if not group:
+                continue
+            sizes = [tiles[d] if d in group else 0 for d in range(len(tiles))]
+            new, ls = b.fresh("t"), [b.fresh("l") for _ in group]
+            cmd = "fuse" if group is par else "tile_using_for"
+            b.add(f"{new}, {', '.join(ls)} = transform.structured.{cmd} {t} tile_sizes "
+                  f"[{', '.join(map(str, sizes))}] : ({ANY}) -> ({', '.join([ANY] * (1 + len(group)))})")
+            t, loops = new, loops + ls
+        return t, loops
 
 
 class Forall(Tiling):
@@ -247,6 +275,19 @@ class Forall(Tiling):
             return s
         tile = tuple(t or bd for t, bd in zip(self.sizes, s.bounds))
         return s.replace(pieces=(tile,), tiled=True, parallel=True)
+
+    @staticmethod
+    def move_in(tag: str, s: OpState, new: OpState, ctx) -> None:
+        """The producer `tag` moves into the forall that made `new` of `s`: its bounds become
+        the slice it feeds."""
+        prod = ctx.states[tag]
+        access = (s.loads + s.stores)[s.op.operand_producers.index(tag)]
+        extent = [sum(abs(c) * (t - 1) for c, t in zip(row, new.bounds)) + 1 for row in access]
+        bounds = list(prod.bounds)
+        for row_idx, row in enumerate(prod.stores[0]):
+            if sum(row) == 1 and row.count(1) == 1:
+                bounds[row.index(1)] = extent[row_idx]
+        ctx.states[tag] = prod.replace(pieces=(tuple(bounds),), parallel=True)
 
     def emit_forall(self, b, fuse: Optional[str]) -> None:
         t, fa = b.fresh("t"), b.fresh("fa")
@@ -291,16 +332,7 @@ class TF(Forall):
     def apply(self, s, ctx):
         new = super().apply(s, ctx)
         if new is not s:
-            # The producer moves into this op's forall: its bounds become the slice it feeds.
-            tag = s.op.producer
-            prod = ctx.states[tag]
-            access = (s.loads + s.stores)[s.op.operand_producers.index(tag)]
-            extent = [sum(abs(c) * (t - 1) for c, t in zip(row, new.bounds)) + 1 for row in access]
-            bounds = list(prod.bounds)
-            for row_idx, row in enumerate(prod.stores[0]):
-                if sum(row) == 1 and row.count(1) == 1:
-                    bounds[row.index(1)] = extent[row_idx]
-            ctx.states[tag] = prod.replace(pieces=(tuple(bounds),), parallel=True)
+            self.move_in(s.op.producer, s, new, ctx)
         return new
 
     def emit(self, b, s, ctx):
