@@ -9,6 +9,7 @@ from envs.mlir import (ACTIONS, NT, TF, TP, ActionConfig, T, FeatureConfig, Feat
                        build_script, write_transformed)
 from envs.mlir.actions.rewrite import P
 from envs.mlir.errors import ScheduleError
+from conftest import MATMUL
 from envs.mlir.actions.register import R
 
 CASES = [
@@ -275,6 +276,11 @@ def test_register_tile_fuses_the_fill(programs):
         ps = ProgramState(p, cfg)
         ps.step(first)
         assert R(6, 16, 4).fill_fusion(ps.current) == fused, first
+    # An op a consumer's TF fused into its forall leaves its fill outside: scheduled as usual.
+    ps = ProgramState(programs["conv"], cfg)
+    ps.step(TF((1, 4, 0, 0)))
+    ps.step(NT())
+    assert ps.current.parallel and R(4, 16, 1).fill_fusion(ps.current) == (False, False)
 
 
 def test_register_tile_threads_share_evenly():
@@ -297,3 +303,9 @@ def test_register_tile_threads_share_evenly():
     assert R(2, 16, 1).parallel(s).sizes == (0, 0, 0, 16, 0, 0, 0)  # f in 8 chunks, not oh in 3
     # With 64 columns no loop makes 8 chunks (f: 2, oh: 3, ow: 1 of 2 rows): the most chunks wins.
     assert R(2, 64, 1).parallel(s).sizes == (0, 1, 0, 0, 0, 0, 0)
+    # Chunks hold whole kernels: 768 columns of 32-wide kernels in 12 chunks of 64, not 16 of
+    # 48 (one kernel and a 16-wide remainder each); rows of 6 cannot divide 32: 4 chunks of 8.
+    mm = ProgramState(Program.from_text(MATMUL.replace("24x", "32x").replace("x40", "x768"), "skinny.mlir"),
+                      cfg).current  # 32 x 768, k = 32
+    assert R(8, 32, 1).parallel(mm).sizes == (0, 64, 0) and R(8, 48, 1).parallel(mm).sizes == (0, 48, 0)
+    assert R(6, 32, 1).parallel(mm).sizes == (0, 64, 0)
