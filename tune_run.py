@@ -101,6 +101,11 @@ def env_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     from envs import EnvConfig
     from envs.mlir.cache import default_cache_dir
     env = copy.deepcopy(cfg["env"])
+    held = (cfg["run"].get("validate") or {}).get("benchmarks")
+    if held and not env.get("benchmarks") and not env.get("suite") and env.get("split", "train") == "train":
+        # The whole training split but the validation programs, which must stay held out.
+        from envs.suites import load_suite, suite_path
+        env["benchmarks"] = [b.name for b in load_suite(suite_path("train")) if b.name not in set(held)]
     measure = env.setdefault("measure", {})
     measure["threads"] = timing_threads(cfg)
     measure["cache_dir"] = os.path.expanduser(measure.get("cache_dir") or default_cache_dir())

@@ -432,6 +432,12 @@ def test_validation_never_looks_at_the_eval_split_nor_at_trained_programs(tmp_pa
     cfg = dict(base, env=dict(base["env"], measure={"threads": 2}), resources=dict(base["resources"]))
     with pytest.raises(tune_run.ConfigError, match="must reserve the CPUs it times on"):
         tune_run.build_algo_config(cfg)
+    # Without a list of programs the run trains on the whole split but the validation programs.
+    held = ["resnet_18_layer2_relu", "vgg_16_pool4_2x2_2"]
+    cfg = dict(base, env={k: v for k, v in base["env"].items() if k != "benchmarks"},
+               run=dict(base["run"], validate={"benchmarks": held}))
+    trained = tune_run.env_config(cfg)["benchmarks"]
+    assert len(trained) == 39 - 2 and not set(held) & set(trained)
 
 
 def test_env_runners_build_an_inference_only_module(env, observations):
