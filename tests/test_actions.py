@@ -276,6 +276,10 @@ def test_register_tile_fuses_the_fill(programs):
         ps = ProgramState(p, cfg)
         ps.step(first)
         assert R(6, 16, 4).fill_fusion(ps.current) == fused, first
+    # Without a forall (no loop makes two chunks) `structured.fuse` would take in the producers
+    # of the inputs as well: no fusion.
+    tiny = ProgramState(Program.from_text(MATMUL.replace("24x", "4x").replace("x40", "x16"), "tiny.mlir"), cfg)
+    assert R(4, 16, 1).parallel(tiny.current) is None and R(4, 16, 1).fill_fusion(tiny.current) == (False, False)
     # An op a consumer's TF fused into its forall leaves its fill outside: scheduled as usual.
     ps = ProgramState(programs["conv"], cfg)
     ps.step(TF((1, 4, 0, 0)))

@@ -160,6 +160,10 @@ class R(Action):
         if s.parallel and not (s.actions and s.op.producer == f):
             return False, False
         forall = self.parallel(s)
+        if forall is None and not s.parallel:
+            # No forall: `structured.fuse` would take in every producer of the op's inputs too
+            # (inside a forall their slices stop it), recomputing them in each kernel.
+            return False, False
         inner = forall.apply(s, None) if forall is not None else s
         return forall is not None, self.blocking(inner) is None
 
