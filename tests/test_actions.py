@@ -79,6 +79,27 @@ def _random_schedule(p: Program, rng: np.random.Generator, layout: ActionLayout)
     return ps.schedule()
 
 
+def test_random_schedules_replay_as_they_were_stepped(programs):
+    """The schedule text of any sampled episode replays to the same op states (what the
+    measurement compiles is what the episode chose): no-op actions dropped from the text,
+    fills R fused skipped."""
+    layout = ActionLayout(FeatureConfig(), ActionConfig())
+    rng = np.random.default_rng(3)
+    fused = 0
+    for name, p in programs.items():
+        for _ in range(150):
+            ps = ProgramState(p, layout.ac)
+            while not ps.done:
+                for action in layout.sample_actions(ps, rng):
+                    ps.step(action)
+            again = ProgramState.replay(p, Schedule.parse(str(ps.schedule())), layout.ac)
+            for tag, s in ps.states.items():
+                r = again.states[tag]
+                assert (r.fused_into, r.pieces, r.parallel) == (s.fused_into, s.pieces, s.parallel), (name, str(ps.schedule()))
+            fused += sum(1 for s in ps.states.values() if s.fused_into)
+    assert fused > 0  # the sampler does reach R's fill fusion
+
+
 @pytest.mark.parametrize("name", ["matmul", "conv", "conv_nchw", "depthwise", "pool", "elementwise", "batch"])
 def test_random_masked_schedules_compile_and_are_correct(programs, measurer, name):
     """Whatever the masks allow compiles and computes the right result."""
@@ -276,6 +297,15 @@ def test_register_tile_fuses_the_fill(programs):
         ps = ProgramState(p, cfg)
         ps.step(first)
         assert R(6, 16, 4).fill_fusion(ps.current) == fused, first
+    # Judged on the state: a tiling that splits nothing (dropped from the schedule's text) changes
+    # nothing; a TF that fused nothing before a TP does not bring the fill in.
+    ps = ProgramState(p, cfg)
+    ps.step(T((0, 0, 0)))
+    assert R(6, 16, 4).fill_fusion(ps.current) == (True, True)
+    ps = ProgramState(p, cfg)
+    ps.step(TF((24, 0, 0)))
+    ps.step(TP((12, 0, 0)))
+    assert R(6, 16, 4).fill_fusion(ps.current) == (False, False)
     # Without a forall (no loop makes two chunks) `structured.fuse` would take in the producers
     # of the inputs as well: no fusion.
     tiny = ProgramState(Program.from_text(MATMUL.replace("24x", "4x").replace("x40", "x16"), "tiny.mlir"), cfg)

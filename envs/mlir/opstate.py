@@ -88,6 +88,7 @@ class OpState:
     producer_fusable: bool = False  # a Linalg producer that feeds only this op
     init_fill: Optional[str] = None  # tag of the linalg.fill that is this op's init and feeds only it
     fused_into: Optional[str] = None  # the consumer whose register tile (R) took this op in: no actions
+    fill_inside: bool = False  # init_fill is in this op's own forall (its TF fused it)
     unroll: Optional[int] = None
     ended: bool = False
 

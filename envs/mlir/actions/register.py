@@ -152,18 +152,22 @@ class R(Action):
         accumulators then start as zeros in registers and the output is written once, not
         filled, read and written again (a 64-deep batch matmul 10% faster).  Into R's own forall
         whenever R makes one, so that a thread's slice of the output stays in its cache."""
-        f = s.init_fill
-        if f is None or s.name != s.op.name or any(a.name != "TF" for a in s.actions):
+        # Judged on the state, not on the actions' names: a tiling that splits nothing is
+        # dropped from the schedule's text, and the replay must decide as the episode did.
+        if s.init_fill is None or s.name != s.op.name:  # none, or rewritten (im2col, pack)
             return False, False
-        # In a forall that is not its own TF's (a consumer's TF fused this op) or whose TF fused
-        # another producer, the fill stays outside.
-        if s.parallel and not (s.actions and s.op.producer == f):
+        if s.parallel:  # only in a forall of its own TF that fused the fill, nothing tiled since
+            if not s.fill_inside or s.last_tile is not None or len(s.pieces) > 1:
+                return False, False
+            forall = None
+        elif s.tiled:  # cache tiles (T) before R: the fill stays outside their loops
             return False, False
-        forall = self.parallel(s)
-        if forall is None and not s.parallel:
-            # No forall: `structured.fuse` would take in every producer of the op's inputs too
-            # (inside a forall their slices stop it), recomputing them in each kernel.
-            return False, False
+        else:
+            forall = self.parallel(s)
+            if forall is None:
+                # No forall: `structured.fuse` would take in every producer of the op's inputs
+                # too (inside a forall their slices stop it), recomputing them in each kernel.
+                return False, False
         inner = forall.apply(s, None) if forall is not None else s
         return forall is not None, self.blocking(inner) is None
 

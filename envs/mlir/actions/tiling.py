@@ -333,6 +333,8 @@ class TF(Forall):
         new = super().apply(s, ctx)
         if new is not s:
             self.move_in(s.op.producer, s, new, ctx)
+            if s.op.producer == s.init_fill:
+                new = new.replace(fill_inside=True)
         return new
 
     def emit(self, b, s, ctx):
