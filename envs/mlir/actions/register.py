@@ -152,35 +152,36 @@ class R(Action):
         accumulators then start as zeros in registers and the output is written once, not
         filled, read and written again (a 64-deep batch matmul 10% faster).  Into R's own forall
         whenever R makes one, so that a thread's slice of the output stays in its cache."""
-        # Judged on the state, not on the actions' names: a tiling that splits nothing is
-        # dropped from the schedule's text, and the replay must decide as the episode did.
+        out = self.stages(s)
+        forall = any(isinstance(t, TP) for t, _ in out)
+        return self._fill_beside(s) and forall, out[-1][0].fuse
+
+    @staticmethod
+    def _fill_beside(s: OpState) -> bool:
+        """Whether the init fill is beside the op, judged on the state, not on the actions' names
+        (a tiling that splits nothing is dropped from the schedule's text, and the replay must
+        decide as the episode did)."""
         if s.init_fill is None or s.name != s.op.name:  # none, or rewritten (im2col, pack)
-            return False, False
+            return False
         if s.parallel:  # only in a forall of its own TF that fused the fill, nothing tiled since
-            if not s.fill_inside or s.last_tile is not None or len(s.pieces) > 1:
-                return False, False
-            forall = None
-        elif s.tiled:  # cache tiles (T) before R: the fill stays outside their loops
-            return False, False
-        else:
-            forall = self.parallel(s)
-            if forall is None:
-                # No forall: `structured.fuse` would take in every producer of the op's inputs
-                # too (inside a forall their slices stop it), recomputing them in each kernel.
-                return False, False
-        inner = forall.apply(s, None) if forall is not None else s
-        return forall is not None, self.blocking(inner) is None
+            return s.fill_inside and s.last_tile is None and len(s.pieces) == 1
+        return not s.tiled  # cache tiles (T) before R: the fill stays outside their loops
 
     def stages(self, s: OpState) -> List[Tuple[Tiling, OpState]]:
         """R's tilings in order, each with the state it applies to: its forall (when the op's
-        first tiling), kc's block loop, the kernel's T (reductions innermost)."""
+        first tiling), kc's block loop, the kernel's T (reductions innermost; `fuse` when the
+        fill goes into the kernels, see `fill_fusion`)."""
         out: List[Tuple[Tiling, OpState]] = []
-        kernel_fill = self.fill_fusion(s)[1]
+        beside, in_forall = self._fill_beside(s), s.parallel
         for make in (self.parallel, self.blocking):  # kc's loop is found inside the forall
             tiling = make(s)
             if tiling is not None:
                 out.append((tiling, s))
                 s = tiling.apply(s, None)
+        # Without any forall `structured.fuse` would take in every producer of the op's inputs
+        # too (inside a forall their slices stop it), recomputing them in each kernel.
+        in_forall = in_forall or any(isinstance(t, TP) for t, _ in out)
+        kernel_fill = beside and in_forall and not any(getattr(t, "label", "") == "kc" for t, _ in out)
         s = s.replace(pending_interchange=self.order(s))
         return out + [(T(self.sizes(s), fuse=kernel_fill), s)]
 
