@@ -9,8 +9,9 @@ after the searches; the faster counts); the untransformed
 program; random search and greedy search (best of the first 8 and of all
 `--budget` measurements); and, with `--checkpoint`, the policy (its greedy
 episode, and the best of that and 7 sampled ones); with `--cost-model`, the
-best 8 of `--pool` random schedules by the cost model (model_8) and of
-`--policy-pool` schedules of the policy (policy_model_8). Every method's winner is
+best 8 of `--pool` random schedules by the cost model (model_8; model_1 its
+top pick alone) and of `--policy-pool` schedules of the policy (policy_model_8,
+policy_model_1: the agent with its cost model). Every method's winner is
 measured again from scratch (no cache) and checked; those times are the ones
 reported. Columns: GFLOP/s, the fraction of the FMA peak (measured here with
 an MLIR-generated FMA loop, `envs.mlir.peak`), the ratio to PyTorch (> 1:
@@ -178,7 +179,7 @@ def main() -> int:
         if model.meta.get("threads") != threads:
             raise SystemExit(f"{args.cost_model} learned times of {model.meta.get('threads')} thread(s); this run "
                              f"times on {threads} (--threads)")
-        methods += ["model_8"] + (["policy_model_8"] if args.checkpoint else [])
+        methods += ["model_1", "model_8"] + (["policy_model_1", "policy_model_8"] if args.checkpoint else [])
     methods = list(dict.fromkeys(methods))  # --budget 8: one column each
     tmp = tempfile.TemporaryDirectory()
     suite = os.path.join(tmp.name, "bench.parquet")
@@ -223,12 +224,14 @@ def main() -> int:
                 winners["policy_8"] = trials["policy"].best_of(8)[0]
             if model is not None:
                 trials["model"] = ranked_search(env, name, 8, model, pool=args.pool, seed=args.seed)
+                winners["model_1"] = trials["model"].best_of(1)[0]  # measured in the model's order
                 winners["model_8"] = trials["model"].best_of(8)[0]
                 if args.checkpoint:
                     from evaluate import load_module, policy_schedules
                     module = load_module(args.checkpoint)
                     trials["policy_model"] = ranked_search(
                         env, name, 8, model, candidates=lambda p: policy_schedules(env, module, name, args.policy_pool))
+                    winners["policy_model_1"] = trials["policy_model"].best_of(1)[0]
                     winners["policy_model_8"] = trials["policy_model"].best_of(8)[0]
             entry = {"name": name, "family": row["family"], "flops": row["flops"], "torch_s": torch_s,
                      "torch_gflops": row["flops"] / torch_s / 1e9, "methods": {}}

@@ -22,7 +22,7 @@ from .program import DTYPES, TensorType
 
 HARNESS = "__rl_harness"
 
-CODEGEN_VERSION = 8
+CODEGEN_VERSION = 9
 """Part of the time cache's fingerprint: bump it whenever the code a given schedule
 compiles to changes (this pipeline, the harness, the transform script's epilogue), so
 that no cached time of older code is reused.  2: results computed in place into the
@@ -32,7 +32,9 @@ and generic contractions made into vector.contract right after vectorization
 forall (threads) of its own (`R.parallel`).  4: R.parallel prefers a loop of at least 8
 chunks (threads share evenly) over the outermost one.  5: R computes the fill of its output in
 its forall and kernels (`R.fill_fusion`).  6: R's forall chunks hold whole kernels where they can.  7: no fill in R's kernels without a forall.  8: inputs and outputs in cache-line-aligned
-buffers (`ALIGN`), and kernels' strided reads prefetched (`_prefetch_strided_reads`)."""
+buffers (`ALIGN`), and kernels' strided reads prefetched (`_prefetch_strided_reads`).  9: a worker's
+OpenMP threads sleep 1 ms after a parallel region (worker.py: no spinning into the next
+measurement of another process)."""
 
 
 def pipeline(parallel: bool) -> Tuple[str, str]:

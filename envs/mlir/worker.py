@@ -61,6 +61,11 @@ def _serve(conn, threads: int, memory_gb: float = 0.0) -> None:
     # OpenMP reads its thread count when libiomp5 is first loaded, inside the first JIT.
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ.setdefault("KMP_WARNINGS", "0")
+    # OpenMP's threads spin 200 ms after each parallel region by default: right after a job,
+    # this worker's threads would take the cores from whichever process times next (another
+    # worker, another env runner, PyTorch), and a 16 us program measured 85 us in 5 of 12
+    # tries (bench/contention.py).  Back-to-back calls of one measurement stay well within 1 ms.
+    os.environ.setdefault("KMP_BLOCKTIME", "1")
     from . import compile as cc  # noqa: F401  (heavy imports, paid once per worker)
     from torch_mlir import ir  # noqa: F401
     openmp = cc.find_openmp()
