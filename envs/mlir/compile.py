@@ -144,15 +144,14 @@ def _prefetch_strided_reads(module, distance: int) -> None:
                     ahead = arith.minsi(arith.addi(iv, arith.constant(ir.IndexType.get(), distance, ip=ip), ip=ip),
                                         arith.subi(loop.operands[1], loop.operands[2], ip=ip), ip=ip)
                 mapping = {iv: ahead}
+                chain = _chain(sv, varying)
                 for o in ops:  # the slice's chain from the induction variable, cloned at `ahead`
-                    if o == sv or (o.is_before_in_block(sv) and _feeds(o, sv) and any(r in varying for r in o.results)):
+                    if o in chain:
                         c = o.clone(ip=ip)
                         for i, v in enumerate(c.operands):
                             if v in mapping:
                                 c.operands[i] = mapping[v]
                         mapping.update(zip(o.results, c.results))
-                        if o == sv:
-                            break
                 mtype = ir.MemRefType(src.type)
                 idx = list(rd.operands[1:1 + mtype.rank])
                 per_line = 512 // _bit_width(mtype.element_type)
@@ -172,20 +171,16 @@ def _bit_width(t) -> int:
     return 32
 
 
-def _feeds(op, target) -> bool:
-    """Whether a result of `op` reaches `target`'s operands through ops of their block."""
-    results, seen, frontier = set(op.results), set(), list(target.operands)
+def _chain(op, varying) -> list:
+    """`op` and the ops of its block it depends on whose results vary with the loop."""
+    chain, frontier = [op], list(op.operands)
     while frontier:
-        v = frontier.pop()
-        if v in results:
-            return True
-        if v in seen:
-            continue
-        seen.add(v)
-        owner = v.owner
-        if hasattr(owner, "operation") and owner.operation.block == target.block:
+        owner = frontier.pop().owner
+        if hasattr(owner, "operation") and owner.operation.block == op.block and owner.operation not in chain \
+                and any(r in varying for r in owner.operation.results):
+            chain.append(owner.operation)
             frontier.extend(owner.operation.operands)
-    return False
+    return chain
 
 
 def _moving_stride(subview, varying) -> int:

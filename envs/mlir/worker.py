@@ -63,8 +63,8 @@ def _serve(conn, threads: int, memory_gb: float = 0.0) -> None:
     os.environ.setdefault("KMP_WARNINGS", "0")
     # OpenMP's threads spin 200 ms after each parallel region by default: right after a job,
     # this worker's threads would take the cores from whichever process times next (another
-    # worker, another env runner, PyTorch), and a 16 us program measured 85 us in 5 of 12
-    # tries (bench/contention.py).  Back-to-back calls of one measurement stay well within 1 ms.
+    # worker, another env runner, PyTorch): a 16 us program measured up to 5x slower in 3 of
+    # 12 tries (bench/contention.py).  Back-to-back calls of one measurement stay well within 1 ms.
     os.environ.setdefault("KMP_BLOCKTIME", "1")
     from . import compile as cc  # noqa: F401  (heavy imports, paid once per worker)
     from torch_mlir import ir  # noqa: F401
