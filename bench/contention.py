@@ -57,12 +57,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="bench/results/contention.json")
     args = ap.parse_args(argv)
-    from envs.mlir import Program, Schedule
-    from envs.suites import load_suite, suite_path
-    if os.path.exists(args.program):
-        program = Program.from_file(args.program)
-    else:
-        program = Program.from_text(load_suite(suite_path("train"), [args.program])[0].mlir, args.program)
+    from bench.interleave import load_program
+    from envs.mlir import Schedule
+    program, _ = load_program(args.program)
     schedule = Schedule.parse(args.schedule)
     other = Schedule.parse(args.other or args.schedule)
     rows = []

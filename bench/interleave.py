@@ -44,6 +44,16 @@ def parse_variant(text: str):
     return sched.strip(), settings
 
 
+def load_program(spec: str, split: str = "train"):
+    """(Program, FLOPs or None) of an .mlir file, or of a benchmark of `split` by name."""
+    from envs.mlir.program import Program
+    from envs.suites import load_suite, suite_path
+    if os.path.exists(spec):
+        return Program.from_file(spec), None
+    bench = load_suite(suite_path(split), [spec])[0]
+    return Program.from_text(bench.mlir, bench.name), bench.flops
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("program", help="an .mlir file, or a benchmark name of --split")
@@ -60,19 +70,12 @@ def main(argv=None) -> int:
     from envs.mlir.config import available_cpus
     threads = args.threads or available_cpus()
     os.environ["OMP_NUM_THREADS"] = str(threads)  # before the OpenMP runtime loads
-    import numpy as np
     from envs.mlir import compile as C
     from envs.mlir.peak import fma_peak
-    from envs.mlir.program import Program
     from envs.mlir.schedule import Schedule
     from envs.mlir.transform import build_script
-    from envs.suites import load_suite, suite_path
 
-    if os.path.exists(args.program):
-        program, flops = Program.from_file(args.program), None
-    else:
-        bench = load_suite(suite_path(args.split), [args.program])[0]
-        program, flops = Program.from_text(bench.mlir, bench.name), bench.flops
+    program, flops = load_program(args.program, args.split)
     peak = fma_peak(threads)["gflops"]
     default_prefetch = C.PREFETCH_DISTANCE
     runs = []

@@ -135,8 +135,8 @@ def _prefetch_strided_reads(module, distance: int) -> None:
             sv = src.owner
             if not isinstance(sv, (ir.Operation, ir.OpView)) or sv.name != "memref.subview" or src not in varying:
                 continue
-            sv = sv.operation
-            if _moving_stride(sv, varying) * _bit_width(ir.MemRefType(src.type).element_type) < 8 * PREFETCH_MIN_STRIDE:
+            sv, mtype = sv.operation, ir.MemRefType(src.type)
+            if _moving_stride(sv, varying) * _bit_width(mtype.element_type) < 8 * PREFETCH_MIN_STRIDE:
                 continue
             ip = ir.InsertionPoint(rd)
             with loop.location:
@@ -152,7 +152,6 @@ def _prefetch_strided_reads(module, distance: int) -> None:
                             if v in mapping:
                                 c.operands[i] = mapping[v]
                         mapping.update(zip(o.results, c.results))
-                mtype = ir.MemRefType(src.type)
                 idx = list(rd.operands[1:1 + mtype.rank])
                 per_line = 512 // _bit_width(mtype.element_type)
                 for j in range(0, ir.VectorType(rd.results[0].type).shape[-1], per_line):
