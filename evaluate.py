@@ -29,19 +29,28 @@ from rllib_models.callbacks import geomean
 
 
 
-def training_threads(checkpoint: str):
-    """(threads, where from): the timing threads of the run that wrote `checkpoint`
-    (its env_config.json, a few folders up), else the CPUs this process may use."""
+def run_env_config(checkpoint: str):
+    """(env config, its path) of the run that wrote `checkpoint` (its env_config.json, a few
+    folders up), or (None, "") when there is none."""
     import json
-    from envs.mlir.config import available_cpus
     from tune_run import ENV_CONFIG_FILE
     d = os.path.abspath(checkpoint)
     for _ in range(4):
         path = os.path.join(d, ENV_CONFIG_FILE)
         if os.path.exists(path):
             with open(path) as f:
-                return int(json.load(f)["measure"]["threads"]), f"as in training, {path}"
+                return json.load(f), path
         d = os.path.dirname(d)
+    return None, ""
+
+
+def training_threads(checkpoint: str):
+    """(threads, where from): the timing threads of the run that wrote `checkpoint`, else the CPUs
+    this process may use."""
+    from envs.mlir.config import available_cpus
+    cfg, path = run_env_config(checkpoint)
+    if cfg is not None:
+        return int(cfg["measure"]["threads"]), f"as in training, {path}"
     return available_cpus(), "the CPUs available; no training config found beside the checkpoint"
 
 
@@ -60,9 +69,10 @@ def load_module(checkpoint: str):
 
 
 def policy_episode(env, module, benchmark: str, deterministic: bool, rng_seed: Optional[int] = None,
-                   measure: bool = True) -> Dict:
+                   measure: bool = True, temperature: float = 1.0) -> Dict:
     """One episode of the policy; the final info (schedule, status, speedup...).
-    With measure=False nothing is compiled: the info's schedule is the result."""
+    With measure=False nothing is compiled: the info's schedule is the result. A sampled
+    episode's logits are divided by `temperature` (> 1: more diverse; masked choices stay masked)."""
     import torch
     from ray.rllib.core.columns import Columns
     if rng_seed is not None:
@@ -74,7 +84,8 @@ def policy_episode(env, module, benchmark: str, deterministic: bool, rng_seed: O
         batch = {Columns.OBS: {k: torch.as_tensor(v)[None] for k, v in obs.items()}}
         with torch.no_grad():
             out = module.forward_inference(batch) if deterministic else module.forward_exploration(batch)
-        dist = dist_cls.from_logits(out[Columns.ACTION_DIST_INPUTS])
+        logits = out[Columns.ACTION_DIST_INPUTS]
+        dist = dist_cls.from_logits(logits if deterministic or temperature == 1.0 else logits / temperature)
         if deterministic:
             dist = dist.to_deterministic()
         action = dist.sample()[0].cpu().numpy()
@@ -82,20 +93,28 @@ def policy_episode(env, module, benchmark: str, deterministic: bool, rng_seed: O
     return info
 
 
-def policy_schedules(env, module, benchmark: str, n: int, seed: int = 0) -> List:
+def policy_schedules(env, module, benchmark: str, n: int, seed: int = 0, temperature: float = 1.0) -> List:
     """Up to `n` distinct schedules of the policy, none measured: its greedy episode first, then
     sampled ones (what `envs.search.ranked_search` ranks with a cost model)."""
     from envs.mlir import Schedule
     out, seen = [], set()
     for k in range(-1, 4 * n):
         info = policy_episode(env, module, benchmark, deterministic=k < 0, rng_seed=None if k < 0 else seed + k,
-                              measure=False)
+                              measure=False, temperature=temperature)
         if info["schedule"] not in seen:
             seen.add(info["schedule"])
             out.append(Schedule.parse(info["schedule"]))
             if len(out) == n:
                 break
     return out
+
+
+def policy_trials(env, module, benchmark: str, samples: int, seed: int = 0) -> List:
+    """(schedule, speedup) of the policy's greedy episode, then of `samples - 1` sampled ones, measured."""
+    infos = [policy_episode(env, module, benchmark, deterministic=True)]
+    infos += [policy_episode(env, module, benchmark, deterministic=False, rng_seed=seed + k)
+              for k in range(samples - 1)]
+    return [(i["schedule"], i["speedup"] or 0.0) for i in infos]
 
 
 def evaluate_checkpoint(checkpoint: str, split: str = "eval", suite: str = "", benchmarks: Optional[List[str]] = None,
@@ -144,10 +163,7 @@ def evaluate_checkpoint(checkpoint: str, split: str = "eval", suite: str = "", b
                 trials = ranked_search(env, name, samples, model,
                                        candidates=lambda p: policy_schedules(env, module, name, pool, seed)).trials
             else:
-                infos = [policy_episode(env, module, name, deterministic=True)]
-                infos += [policy_episode(env, module, name, deterministic=False, rng_seed=seed + k)
-                          for k in range(samples - 1)]
-                trials = [(i["schedule"], i["speedup"] or 0.0) for i in infos]
+                trials = policy_trials(env, module, name, samples, seed)
             program = env.load(name)
             schedule = Schedule.parse(max(trials, key=lambda t: t[1])[0])
             r = fresh.evaluate(program, schedule)  # re-measured from scratch, and checked

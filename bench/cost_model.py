@@ -3,7 +3,12 @@
 For each program (training programs only: the settings of a search may not be
 chosen on the eval split) and each variant `POOL:GENERATIONS`, `ranked_search`
 measures the model's best 8 of POOL random schedules, evolved GENERATIONS
-times on the model first; random search's best of 8 and of 256 are the
+times on the model first; a variant `policy:POOL:GENERATIONS` (with
+`--checkpoint`) ranks POOL distinct schedules of the policy instead (its
+greedy episode, then sampled ones; evaluate.py's `--cost-model` search),
+`policy:POOL:GENERATIONS:T` with its logits divided by T (more diverse).
+Random search's best of 8 and of 256, and with `--checkpoint` the policy's
+own best of 8 (greedy, then 7 sampled episodes, measured), are the
 yardsticks. Every winner is then measured again from scratch, all variants in
 turn, `--repeats` times (the median counts), so that the machine's drift hits
 them alike. Speedups are over the untransformed program, measured in the same
@@ -11,6 +16,9 @@ rounds.
 
     python -m envs.cost_model train --hold-out A B C --out cm_val.pt
     python bench/cost_model.py --cost-model cm_val.pt --only A B C --variants 4096:0 1024:0 1024:4
+    python bench/cost_model.py --cost-model cm_val.pt --only A B C --checkpoint CKPT --variants policy:64:0 policy:256:0
+
+A checkpoint is judged on programs it has not trained on (a run's validation subset).
 
 Writes bench/results/cost_model.json and cost_model.png (speedup per program
 and variant) and prints a table.
@@ -35,7 +43,10 @@ def main() -> int:
     ap.add_argument("--cost-model", required=True, nargs="+",
                     help="one model, or several (each variant runs with each; labelled by file name)")
     ap.add_argument("--only", nargs="+", required=True, help="training programs the model has not learned from")
-    ap.add_argument("--variants", nargs="+", default=["4096:0", "1024:0", "1024:4"], help="POOL:GENERATIONS each")
+    ap.add_argument("--variants", nargs="+", default=["4096:0", "1024:0", "1024:4"],
+                    help="POOL:GENERATIONS each (random schedules), or policy:POOL:GENERATIONS (the policy's)")
+    ap.add_argument("--checkpoint", default="", help="a policy (tune_run.py checkpoint) for policy:... variants; "
+                                                     "adds policy_8, its own best of 8")
     ap.add_argument("--budget", type=int, default=8, help="measurements of each ranked search")
     ap.add_argument("--random", type=int, default=256, help="random search's budget (0: none)")
     ap.add_argument("--repeats", type=int, default=3)
@@ -66,29 +77,61 @@ def main() -> int:
             ap.error(f"{label} learned from {', '.join(seen)}: hold them out (--hold-out) to judge it on them")
     variants = []
     for v in args.variants:
+        policy = v.startswith("policy:")
+        parts = v[len("policy:") if policy else 0:].split(":")
         try:
-            pool, gens = (int(x) for x in v.split(":"))
+            if len(parts) not in ((2, 3) if policy else (2,)):
+                raise ValueError(v)
+            pool, gens = int(parts[0]), int(parts[1])
+            temp = float(parts[2]) if len(parts) == 3 else 1.0
+            if temp <= 0:
+                raise ValueError(v)
         except ValueError:
-            ap.error(f"--variants {v}: expected POOL:GENERATIONS, e.g. 1024:4")
+            ap.error(f"--variants {v}: expected POOL:GENERATIONS or policy:POOL:GENERATIONS[:TEMPERATURE > 0], "
+                     f"e.g. 1024:4 or policy:256:0:2")
+        if policy and not args.checkpoint:
+            ap.error(f"--variants {v}: a policy variant needs --checkpoint")
         for label, model in models.items():
             name = f"{label} " if len(models) > 1 else ""
-            variants.append((f"{name}model_{args.budget} pool {pool} gen {gens}", model, pool, gens))
+            kind = "policy_model" if policy else "model"
+            t = f" T {temp:g}" if temp != 1.0 else ""
+            variants.append((f"{name}{kind}_{args.budget} pool {pool} gen {gens}{t}", model, pool, gens,
+                             temp if policy else None))
+    module = None
+    if args.checkpoint:
+        from evaluate import load_module, policy_schedules, policy_trials, run_env_config
+        trained, path = run_env_config(args.checkpoint)
+        seen = sorted(set(args.only) & set((trained or {}).get("benchmarks") or []))
+        if seen:
+            ap.error(f"the policy trained on {', '.join(seen)} ({path}): judge it on programs it has not trained on")
+        module = load_module(args.checkpoint)
     tmp = tempfile.TemporaryDirectory()
     suite = os.path.join(tmp.name, "programs.parquet")
     write_suite([rows[n] for n in args.only], suite)
     env = MlirScheduleEnv({"suite": suite, "measure": {"threads": threads, "repetitions": 3,
                                                         "cache_dir": args.cache_dir or os.path.join(tmp.name, "c")}})
     fresh = Measurer(MeasureConfig(threads=threads, repetitions=5))
-    methods = [v[0] for v in variants] + ([f"random_{args.budget}", f"random_{args.random}"] if args.random else [])
+    methods = ([v[0] for v in variants] + ([f"policy_{args.budget}"] if module else [])
+               + ([f"random_{args.budget}", f"random_{args.random}"] if args.random else []))
     out, t0 = [], time.time()
     try:
         for name in args.only:
             program = env.load(name)
             winners, search_s = {}, {}
-            for label, model, pool, gens in variants:
+            for label, model, pool, gens, policy in variants:  # policy: its temperature, or None
                 t = time.time()
-                r = ranked_search(env, name, args.budget, model, pool=pool, seed=args.seed, generations=gens)
+                if policy:
+                    r = ranked_search(env, name, args.budget, model, pool=pool, seed=args.seed, generations=gens,
+                                      candidates=lambda p, n=pool, t=policy: policy_schedules(env, module, name, n,
+                                                                                              args.seed, t))
+                else:
+                    r = ranked_search(env, name, args.budget, model, pool=pool, seed=args.seed, generations=gens)
                 winners[label], search_s[label] = r.schedule, time.time() - t
+            if module:
+                t = time.time()
+                trials = policy_trials(env, module, name, args.budget)
+                winners[f"policy_{args.budget}"] = max(trials, key=lambda x: x[1])[0] if trials else ""
+                search_s[f"policy_{args.budget}"] = time.time() - t
             if args.random:
                 r = random_search(env, name, args.random, args.seed)
                 winners[f"random_{args.budget}"] = r.best_of(args.budget)[0]
@@ -115,7 +158,8 @@ def main() -> int:
         fresh.close()
         tmp.cleanup()
     summary = {m: geomean([e["methods"][m]["speedup"] for e in out]) for m in methods}
-    result = {"cost_models": [os.path.abspath(p) for p in args.cost_model], "threads": threads, "rows": out,
+    result = {"cost_models": [os.path.abspath(p) for p in args.cost_model], "threads": threads,
+              "checkpoint": os.path.abspath(args.checkpoint) if args.checkpoint else "", "rows": out,
               "summary": summary, "methods": methods, "date": time.strftime("%Y-%m-%d %H:%M"),
               "command": " ".join(["python", "bench/cost_model.py"] + sys.argv[1:])}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

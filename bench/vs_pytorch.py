@@ -100,15 +100,6 @@ def quiet_torch_time(twin, threads: int) -> float:
     return t
 
 
-def policy_trials(env, checkpoint: str, name: str, samples: int) -> List:
-    """(schedule, speedup) of the policy's greedy episode, then of `samples - 1` sampled ones."""
-    from evaluate import load_module, policy_episode
-    module = load_module(checkpoint)
-    infos = [policy_episode(env, module, name, deterministic=True)]
-    infos += [policy_episode(env, module, name, deterministic=False, rng_seed=k) for k in range(samples - 1)]
-    return [(i["schedule"], i["speedup"] or 0.0) for i in infos]
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -181,6 +172,17 @@ def main() -> int:
                              f"times on {threads} (--threads)")
         methods += ["model_1", "model_8"] + (["policy_model_1", "policy_model_8"] if args.checkpoint else [])
     methods = list(dict.fromkeys(methods))  # --budget 8: one column each
+    module, trained_on = None, []
+    if args.checkpoint:
+        from evaluate import load_module, policy_schedules, policy_trials, run_env_config
+        module = load_module(args.checkpoint)
+        # The imported blocks are training programs too: say which rows the policy has seen.
+        run_cfg, path = run_env_config(args.checkpoint)
+        run_cfg = run_cfg or {}
+        trained_on = [r["name"] for r in rows if r["name"] in set(run_cfg.get("benchmarks") or [])]
+        if trained_on:
+            print(f"note: the policy trained on {', '.join(trained_on)} ({path}): its figures there "
+                  f"are not on unseen programs", flush=True)
     tmp = tempfile.TemporaryDirectory()
     suite = os.path.join(tmp.name, "bench.parquet")
     write_suite(rows, suite)
@@ -217,7 +219,7 @@ def main() -> int:
                 winners[f"{m}_8"] = trials[m].best_of(8)[0]
                 winners[f"{m}_{args.budget}"] = trials[m].best_of(args.budget)[0]
             if args.checkpoint:
-                pol = policy_trials(env, args.checkpoint, name, 8)
+                pol = policy_trials(env, module, name, 8, args.seed)
                 trials["policy"] = SearchResult(name, "", 1.0, len(pol), list(np.maximum.accumulate(
                     [max(1.0, sp) for _, sp in pol])), pol)
                 winners["policy_1"] = trials["policy"].best_of(1)[0]
@@ -227,8 +229,6 @@ def main() -> int:
                 winners["model_1"] = trials["model"].best_of(1)[0]  # measured in the model's order
                 winners["model_8"] = trials["model"].best_of(8)[0]
                 if args.checkpoint:
-                    from evaluate import load_module, policy_schedules
-                    module = load_module(args.checkpoint)
                     trials["policy_model"] = ranked_search(
                         env, name, 8, model, candidates=lambda p: policy_schedules(env, module, name, args.policy_pool))
                     winners["policy_model_1"] = trials["policy_model"].best_of(1)[0]
@@ -276,7 +276,7 @@ def main() -> int:
 
     summary = _summary(out, methods, geomean)
     result = {"threads": threads, "fma_peak": peak, "budget": args.budget, "methods": methods, "rows": out,
-              "tile_candidates": args.tile_candidates,
+              "tile_candidates": args.tile_candidates, "policy_trained_on": trained_on,
               "summary": summary, "curves": curves, "date": time.strftime("%Y-%m-%d %H:%M"),
               "command": " ".join(["python", "bench/vs_pytorch.py"] + sys.argv[1:])}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -14,7 +14,7 @@ import yaml
 
 from envs import MlirScheduleEnv
 from envs import ActionLayout
-from envs.mlir import ActionConfig, FeatureConfig
+from envs.mlir import ActionConfig, FeatureConfig, Schedule
 from rllib_models import ENCODERS, build_encoder
 from rllib_models.distribution import FLOAT_MIN, HierarchicalMaskedDistribution
 from rllib_models.module import MlirPolicyModule
@@ -411,6 +411,33 @@ def test_evaluate_on_the_checkpoint(smoke_run, tmp_path):
     bad = subprocess.run([sys.executable, "evaluate.py", "--checkpoint", str(tmp_path)], capture_output=True,
                          text=True, timeout=300, cwd=ROOT)
     assert bad.returncode == 2 and "no RLModule checkpoint" in bad.stderr
+
+
+def test_cost_model_bench_judges_a_policy_with_its_cost_model(smoke_run, tmp_path):
+    """bench/cost_model.py's policy variants (the search settings of policy + cost model, chosen on
+    held-out training programs): the policy's schedules ranked, and the policy's own best of k."""
+    out, r = smoke_run
+    ckpt = sorted(os.path.join(root, d) for root, dirs, _ in os.walk(out / "results") for d in dirs
+                  if d.startswith("checkpoint_"))[-1]
+    from envs.cost_model import CostModel
+    CostModel().save(str(tmp_path / "cm.pt"), threads=1)  # untrained: only the plumbing is tested here
+    cmd = [sys.executable, "bench/cost_model.py", "--cost-model", str(tmp_path / "cm.pt"), "--only",
+           "resnet_18_layer2_relu", "--variants", "policy:4:0", "--budget", "2", "--random", "0", "--repeats", "1",
+           "--threads", "1", "--out", str(tmp_path / "cm.json")]
+    bad = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert bad.returncode == 2 and "a policy variant needs --checkpoint" in bad.stderr
+    trained = [x if x != "resnet_18_layer2_relu" else "resnet_18_fc_batch_8" for x in cmd]  # in smoke.yaml
+    bad = subprocess.run(trained + ["--checkpoint", ckpt], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert bad.returncode == 2 and "the policy trained on resnet_18_fc_batch_8" in bad.stderr
+    r = subprocess.run(cmd + ["--checkpoint", ckpt], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.load(open(tmp_path / "cm.json"))
+    assert res["methods"] == ["policy_model_2 pool 4 gen 0", "policy_2"] and res["checkpoint"] == ckpt
+    row = res["rows"][0]["methods"]
+    for m in res["methods"]:  # a winner re-measured ("": none beat the untransformed program)
+        assert row[m]["speedup"] > 0 and row[m]["search_s"] > 0
+        Schedule.parse(row[m]["schedule"] or "operation_0: NT")
+    assert row["policy_2"]["schedule"]  # the policy's best episode, whatever its speed
 
 
 def test_search_spaces_in_yaml_become_tune_spaces():
