@@ -118,18 +118,18 @@ def main() -> int:
         for name in args.only:
             program = env.load(name)
             winners, search_s = {}, {}
-            for label, model, pool, gens, policy in variants:  # policy: its temperature, or None
+            for label, model, pool, gens, temperature in variants:  # temperature None: random schedules
                 t = time.time()
-                if policy:
+                if temperature is not None:
                     r = ranked_search(env, name, args.budget, model, pool=pool, seed=args.seed, generations=gens,
-                                      candidates=lambda p, n=pool, t=policy: policy_schedules(env, module, name, n,
-                                                                                              args.seed, t))
+                                      candidates=lambda p, n=pool, tp=temperature: policy_schedules(
+                                          env, module, name, n, args.seed, tp))
                 else:
                     r = ranked_search(env, name, args.budget, model, pool=pool, seed=args.seed, generations=gens)
                 winners[label], search_s[label] = r.schedule, time.time() - t
             if module:
                 t = time.time()
-                trials = policy_trials(env, module, name, args.budget)
+                trials = policy_trials(env, module, name, args.budget, args.seed)
                 winners[f"policy_{args.budget}"] = max(trials, key=lambda x: x[1])[0] if trials else ""
                 search_s[f"policy_{args.budget}"] = time.time() - t
             if args.random:
