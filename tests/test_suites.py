@@ -124,3 +124,23 @@ def test_torch_twins_compute_what_our_programs_compute():
             assert [o.shape for o in out] == [r.shape for r in ref], row["name"]
             for o, r in zip(out, ref):
                 np.testing.assert_allclose(o, r, rtol=1e-3, atol=1e-3 * float(np.abs(r).max()), err_msg=row["name"])
+
+
+def test_the_stick_summarizes_the_eval_split_apart_from_the_training_splits_blocks():
+    """Issue 9's targets are on the eval split; the stick also times the training split's imported
+    blocks (rows made up here: only the grouping is tested)."""
+    from bench.vs_pytorch import COMPUTE_BOUND, _summary
+    from envs.suites import measuring_stick_rows
+    from rllib_models.callbacks import geomean
+    stick = measuring_stick_rows()
+    rows = [dict(name=r["name"], family=r["family"],
+                 methods={"m": {"vs_torch": 2.0 if r["split"] == "eval" else 0.5, "peak_fraction": 0.1}})
+            for r in stick]
+    s = _summary(rows, ["m"], geomean)
+    n_eval = sum(r["split"] == "eval" for r in stick)
+    assert 0 < n_eval < len(stick) and s["overall"]["benchmarks"] == len(stick)
+    assert s["eval split"]["benchmarks"] == n_eval and s["eval split"]["m"]["vs_torch"] == pytest.approx(2.0)
+    assert s["overall"]["m"]["vs_torch"] < 2.0
+    assert s["compute-bound"]["benchmarks"] == sum(r["family"] in COMPUTE_BOUND for r in stick)
+    only_eval = [x for x, r in zip(rows, stick) if r["split"] == "eval"]
+    assert "eval split" not in _summary(only_eval, ["m"], geomean)  # the same as overall: not repeated
