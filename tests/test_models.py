@@ -422,7 +422,7 @@ def test_cost_model_bench_judges_a_policy_with_its_cost_model(smoke_run, tmp_pat
     from envs.cost_model import CostModel
     CostModel().save(str(tmp_path / "cm.pt"), threads=1)  # untrained: only the plumbing is tested here
     cmd = [sys.executable, "bench/cost_model.py", "--cost-model", str(tmp_path / "cm.pt"), "--only",
-           "resnet_18_layer2_relu", "--variants", "policy:4:0", "--budget", "2", "--random", "0", "--repeats", "1",
+           "resnet_18_layer2_relu", "--variants", "policy:4:0:2", "--budget", "2", "--random", "0", "--repeats", "1",
            "--threads", "1", "--out", str(tmp_path / "cm.json")]
     bad = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert bad.returncode == 2 and "a policy variant needs --checkpoint" in bad.stderr
@@ -432,7 +432,7 @@ def test_cost_model_bench_judges_a_policy_with_its_cost_model(smoke_run, tmp_pat
     r = subprocess.run(cmd + ["--checkpoint", ckpt], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.load(open(tmp_path / "cm.json"))
-    assert res["methods"] == ["policy_model_2 pool 4 gen 0", "policy_2"] and res["checkpoint"] == ckpt
+    assert res["methods"] == ["policy_model_2 pool 4 gen 0 T 2", "policy_2"] and res["checkpoint"] == ckpt
     row = res["rows"][0]["methods"]
     for m in res["methods"]:  # a winner re-measured ("": none beat the untransformed program)
         assert row[m]["speedup"] > 0 and row[m]["search_s"] > 0
