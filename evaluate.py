@@ -44,6 +44,13 @@ def run_env_config(checkpoint: str):
     return None, ""
 
 
+def trained_benchmarks(checkpoint: str):
+    """(names, where from): the programs the run that wrote `checkpoint` trained on (empty when
+    no training config is found beside it)."""
+    cfg, path = run_env_config(checkpoint)
+    return list((cfg or {}).get("benchmarks") or []), path
+
+
 def training_threads(checkpoint: str):
     """(threads, where from): the timing threads of the run that wrote `checkpoint`, else the CPUs
     this process may use."""

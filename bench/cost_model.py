@@ -99,9 +99,9 @@ def main() -> int:
                              temp if policy else None))
     module = None
     if args.checkpoint:
-        from evaluate import load_module, policy_schedules, policy_trials, run_env_config
-        trained, path = run_env_config(args.checkpoint)
-        seen = sorted(set(args.only) & set((trained or {}).get("benchmarks") or []))
+        from evaluate import load_module, policy_schedules, policy_trials, trained_benchmarks
+        trained, path = trained_benchmarks(args.checkpoint)
+        seen = sorted(set(args.only) & set(trained))
         if seen:
             ap.error(f"the policy trained on {', '.join(seen)} ({path}): judge it on programs it has not trained on")
         module = load_module(args.checkpoint)
@@ -120,12 +120,10 @@ def main() -> int:
             winners, search_s = {}, {}
             for label, model, pool, gens, temperature in variants:  # temperature None: random schedules
                 t = time.time()
-                if temperature is not None:
-                    r = ranked_search(env, name, args.budget, model, pool=pool, seed=args.seed, generations=gens,
-                                      candidates=lambda p, n=pool, tp=temperature: policy_schedules(
-                                          env, module, name, n, args.seed, tp))
-                else:
-                    r = ranked_search(env, name, args.budget, model, pool=pool, seed=args.seed, generations=gens)
+                policy = None if temperature is None else (
+                    lambda p, n=pool, tp=temperature: policy_schedules(env, module, name, n, args.seed, tp))
+                r = ranked_search(env, name, args.budget, model, pool=pool, seed=args.seed, generations=gens,
+                                  candidates=policy)
                 winners[label], search_s[label] = r.schedule, time.time() - t
             if module:
                 t = time.time()

@@ -176,12 +176,11 @@ def main() -> int:
     methods = list(dict.fromkeys(methods))  # --budget 8: one column each
     module, trained_on = None, []
     if args.checkpoint:
-        from evaluate import load_module, policy_schedules, policy_trials, run_env_config
+        from evaluate import load_module, policy_schedules, policy_trials, trained_benchmarks
         module = load_module(args.checkpoint)
         # The imported blocks are training programs too: say which rows the policy has seen.
-        run_cfg, path = run_env_config(args.checkpoint)
-        run_cfg = run_cfg or {}
-        trained_on = [r["name"] for r in rows if r["name"] in set(run_cfg.get("benchmarks") or [])]
+        trained, path = trained_benchmarks(args.checkpoint)
+        trained_on = [r["name"] for r in rows if r["name"] in set(trained)]
         if trained_on:
             print(f"note: the policy trained on {', '.join(trained_on)} ({path}): its figures there "
                   f"are not on unseen programs", flush=True)
