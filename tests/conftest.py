@@ -2,6 +2,7 @@
 import contextlib
 import os
 import shutil
+import socket
 import tempfile
 import time
 
@@ -165,14 +166,25 @@ def short_tmp() -> str:
     return tempfile.mkdtemp(prefix="rt", dir="/tmp")
 
 
+def free_port() -> int:
+    """A TCP port nothing on this machine listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @contextlib.contextmanager
 def ray_cluster(head: dict, workers: list):
     """A real multi-node Ray cluster on this machine (one raylet per node), ours alone:
-    its own temp dir, connected to from this process, shut down (only it) at the end."""
+    its own temp dir and dashboard ports, connected to from this process, shut down (only
+    it) at the end.  Ray's default dashboard ports would collide with a user's Ray already
+    running here (a training job): the head's dashboard then never registers and the test's
+    run fails with "Could not read 'dashboard' from GCS"."""
     import ray
     from ray.cluster_utils import Cluster
     tmp, old = short_tmp(), os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = tmp
+    head = {"dashboard_port": free_port(), "dashboard_agent_listen_port": free_port(), **head}
     c = Cluster(initialize_head=True, head_node_args=head)
     nodes = [c.add_node(**w) for w in workers]
     ray.init(address=c.address)

@@ -1,22 +1,15 @@
 """The Ray metrics a run exports, read back from the head node's Prometheus endpoint
 (TensorBoard's reading of a run: tests/test_models.py)."""
-import socket
 import time
 import urllib.request
 
-from conftest import ray_cluster
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import free_port, ray_cluster
 
 
 def test_the_scheduling_metrics_are_listed_by_the_heads_metrics_endpoint():
     import ray
     from rllib_models.callbacks import SchedulingMetrics
-    port = _free_port()
+    port = free_port()
     with ray_cluster({"num_cpus": 1, "metrics_export_port": port}, []):
         @ray.remote(num_cpus=0)
         class Trainer:  # where the callback runs in a real run: the algorithm's actor
