@@ -193,6 +193,8 @@ def evaluate_checkpoint(checkpoint: str, split: str = "eval", suite: str = "", b
                 if script is not None:
                     write_transformed(program, script, output_mlir)
                     print(f"wrote {output_mlir} and {output_mlir}.transform.mlir")
+                else:
+                    print(f"{output_mlir} not written: no schedule of the policy beat the untransformed program")
     finally:
         env.close()
         fresh.close()
