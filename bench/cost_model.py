@@ -58,8 +58,9 @@ def main() -> int:
 
     import tempfile
     from envs import MlirScheduleEnv, random_search, ranked_search
+    from envs.search import interleaved
     from envs.cost_model import CostModel, learnable_rows
-    from envs.mlir import MeasureConfig, Measurer, Schedule
+    from envs.mlir import MeasureConfig, Measurer
     from envs.mlir.config import available_cpus
     from envs.suites import write_suite
     from rllib_models.callbacks import geomean
@@ -134,18 +135,13 @@ def main() -> int:
                 r = random_search(env, name, args.random, args.seed)
                 winners[f"random_{args.budget}"] = r.best_of(args.budget)[0]
                 winners[f"random_{args.random}"] = r.best_of(args.random)[0]
-            times = {m: [] for m in methods}
-            base_times = []
-            for _ in range(args.repeats):  # every winner in turn, so that drift hits all alike
-                base_times.append(fresh.baseline(program).time_s)
-                for m in methods:
-                    if winners[m]:
-                        meas = fresh.measure(program, Schedule.parse(winners[m]))
-                        times[m].append(meas.time_s if meas.ok else float("inf"))
-            base = float(np.median(base_times))
+            # Every winner in turn, so that drift hits all alike.
+            runs = interleaved(fresh, program, {"untransformed": "", **{m: winners[m] for m in methods if winners[m]}},
+                               args.repeats)
+            base = float(np.median([x.time_s for x in runs["untransformed"]]))
             entry = {"name": name, "base_s": base, "methods": {}}
             for m in methods:
-                t = float(np.median(times[m])) if times[m] else base
+                t = float(np.median([x.time_s if x.ok else float("inf") for x in runs[m]])) if m in runs else base
                 entry["methods"][m] = {"schedule": winners[m], "time_s": t, "speedup": base / t,
                                        "search_s": search_s.get(m)}
             out.append(entry)

@@ -13,8 +13,10 @@ best 8 of `--pool` random schedules by the cost model (model_8; model_1 its
 top pick alone) and of `--policy-pool` schedules of the policy (policy_model_8,
 policy_model_1: the agent with its cost model). Every method's best few
 (3, `envs.search.RECHECK`) are measured again from scratch (no cache) and
-checked, and the fastest is reported: picked on one measurement each, a best
-of 256 favours the luckiest. Columns: GFLOP/s, the fraction of the FMA peak (measured here with
+checked, and the fastest is picked (on one measurement each, a best of 256
+favours the luckiest); each pick is then timed `--rounds` times (3), every
+pick in turn in each round so that a slow moment of the machine hits all
+alike, and the median is reported. Columns: GFLOP/s, the fraction of the FMA peak (measured here with
 an MLIR-generated FMA loop, `envs.mlir.peak`), the ratio to PyTorch (> 1:
 faster than PyTorch), geometric means per family and overall.
 
@@ -125,6 +127,8 @@ def main() -> int:
                          "bench/cost_model.py)")
     ap.add_argument("--policy-pool", type=int, default=64, help="policy schedules the cost model ranks")
     ap.add_argument("--cache-dir", default="", help="time cache of the searches (default: the project's)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="each method's pick is timed this many times, all picks in turn each round; the median counts")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "vs_pytorch.json"))
     ap.add_argument("--torch-times", default="", help=argparse.SUPPRESS)  # internal: the PyTorch timing process
     ap.add_argument("--replot", action="store_true", help="only print the table and draw the plots of --out again")
@@ -139,12 +143,15 @@ def main() -> int:
         return 0
     if args.no_search and not args.checkpoint:
         ap.error("--no-search needs --checkpoint (there would be nothing to compare)")
+    if args.rounds < 1:
+        ap.error(f"--rounds must be >= 1, got {args.rounds}")
     if args.torch_times:
         _torch_times_main(args.torch_times, args.threads or 1)
         return 0
 
     from envs import (RECHECK, MlirScheduleEnv, SearchResult, greedy_search, random_search, ranked_search,
                       remeasured_best)
+    from envs.search import interleaved
     from envs.mlir import MeasureConfig, Measurer, Schedule
     from envs.mlir.cache import default_cache_dir
     from envs.mlir.compile import make_inputs
@@ -228,18 +235,22 @@ def main() -> int:
                         env, name, 8, model, candidates=lambda p: policy_schedules(env, module, name, args.policy_pool))
             entry = {"name": name, "family": row["family"], "flops": row["flops"], "torch_s": torch_s,
                      "torch_gflops": row["flops"] / torch_s / 1e9, "methods": {}}
-            base = fresh.baseline(program)
-            for m in methods:  # "random_256": the best few of random search's first 256 (model_1: its top pick)
+            picks = {"untransformed": ("", fresh.baseline(program))}
+            for m in methods[1:]:  # "random_256": the best few of random search's first 256 (model_1: its top pick)
                 method, _, k = m.rpartition("_")
-                sched, meas = ("", base) if m == "untransformed" else remeasured_best(
-                    fresh, program, trials[method].top_of(int(k)))
-                ok = meas.status == "ok"
+                picks[m] = remeasured_best(fresh, program, trials[method].top_of(int(k)))
+            # Each pick's time: the median of --rounds measurements, every pick in turn in each round (and
+            # not the re-measure it was picked on, which favours it); a failure in any round is its result.
+            runs = interleaved(fresh, program, {m: s for m, (s, meas) in picks.items() if meas.ok}, args.rounds)
+            for m in methods:
+                sched, meas = picks[m]
+                bad = [x for x in runs.get(m, []) if not x.ok] or ([] if meas.ok else [meas])
+                t = None if bad else float(np.median([x.time_s for x in runs[m]]))
                 entry["methods"][m] = {
-                    "schedule": sched or str(Schedule.empty(program)), "status": meas.status,
-                    "time_s": meas.time_s if ok else None,
-                    "gflops": row["flops"] / meas.time_s / 1e9 if ok else None,
-                    "peak_fraction": row["flops"] / meas.time_s / 1e9 / peak["gflops"] if ok else None,
-                    "vs_torch": torch_s / meas.time_s if ok else None}
+                    "schedule": sched or str(Schedule.empty(program)), "status": bad[0].status if bad else "ok",
+                    "time_s": t, "gflops": row["flops"] / t / 1e9 if t else None,
+                    "peak_fraction": row["flops"] / t / 1e9 / peak["gflops"] if t else None,
+                    "vs_torch": torch_s / t if t else None}
             # Best-so-far ratio to PyTorch against measurements (search-time figures, not re-measured).
             search_base = env.measurer.baseline(program).time_s  # the searches' speedups are over this time
             for m, r in trials.items():
@@ -269,7 +280,8 @@ def main() -> int:
         tmp.cleanup()
 
     summary = _summary(out, methods, geomean)
-    result = {"threads": threads, "fma_peak": peak, "budget": args.budget, "recheck": RECHECK, "methods": methods,
+    result = {"threads": threads, "fma_peak": peak, "budget": args.budget, "recheck": RECHECK, "rounds": args.rounds,
+              "methods": methods,
               "rows": out,
               "tile_candidates": args.tile_candidates, "policy_trained_on": trained_on,
               "summary": summary, "curves": curves, "date": time.strftime("%Y-%m-%d %H:%M"),

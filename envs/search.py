@@ -7,7 +7,7 @@ A trained agent has to beat them at an equal budget.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -54,6 +54,19 @@ def remeasured_best(measurer, program: Program, schedules: Sequence[str]):
     runs = [(s, measurer.measure(program, Schedule.parse(s))) for s in schedules]
     ok = [r for r in runs if r[1].ok]
     return min(ok, key=lambda r: r[1].time_s) if ok else runs[0]
+
+
+def interleaved(measurer, program: Program, schedules: Dict[str, str], rounds: int) -> Dict[str, list]:
+    """Each label's schedule ("": the untransformed program) measured `rounds` times by
+    `measurer`, every label once per round in turn, so that a slow moment of the shared machine
+    hits them all alike: {label: [measurement per round]}.  Measured one after another at
+    different moments instead, one run of the stick timed the same schedules up to 2x apart."""
+    out: Dict[str, list] = {label: [] for label in schedules}
+    for _ in range(rounds):
+        for label, text in schedules.items():
+            out[label].append(measurer.baseline(program) if not text else
+                              measurer.measure(program, Schedule.parse(text)))
+    return out
 
 
 def random_search(env, benchmark: str, budget: int, seed: int = 0) -> SearchResult:

@@ -9,6 +9,7 @@ from gymnasium.utils.env_checker import check_env
 import envs
 from envs import (RECHECK, EnvConfig, InvalidActionError, MlirScheduleEnv, greedy_search, random_search,
                   remeasured_best)
+from envs.search import interleaved
 from envs.action_space import Pending
 from envs.mlir import ACTIONS, MeasureConfig, Measurer, Schedule
 
@@ -237,10 +238,15 @@ def test_search_baselines_spend_their_budget_and_find_faster_code(env):
             assert chosen in top and m.ok and again.baseline.time_s / m.time_s > 1.5
             chosen, m = remeasured_best(fresh, program, [])  # none beat the untransformed program
             assert chosen == "" and m.ok and m.schedule == str(Schedule.empty(program))
+            runs = interleaved(fresh, program, {"untransformed": "", "pick": chosen or top[0]}, 2)
+            assert [len(v) for v in runs.values()] == [2, 2] and all(x.ok for v in runs.values() for x in v)
+            assert np.median([x.time_s for x in runs["untransformed"]]) > 1.5 * np.median(
+                [x.time_s for x in runs["pick"]])
 
 
-def test_remeasured_best_keeps_the_fastest_correct_and_reports_a_failure():
-    """`remeasured_best`'s choice, with a stand-in for the Measurer (its timings are tested above)."""
+def test_remeasured_best_keeps_the_fastest_correct_and_interleaved_times_picks_in_turn():
+    """`remeasured_best`'s choice and `interleaved`'s order, with a stand-in for the Measurer (their real
+    measurements are tested above)."""
     from types import SimpleNamespace as NS
     program = None  # only passed through to the stand-in
 
@@ -260,6 +266,9 @@ def test_remeasured_best_keeps_the_fastest_correct_and_reports_a_failure():
     assert f.asked == [c, a, b]  # each measured once
     chosen, m = remeasured_best(FakeMeasurer({c: None}), program, [c])
     assert chosen == c and m.status == "wrong_result"  # a failure now is reported, not hidden
+    f = FakeMeasurer({a: 3e-3, b: 1e-3})
+    runs = interleaved(f, program, {"x": a, "y": b}, 3)
+    assert f.asked == [a, b] * 3 and [m.time_s for m in runs["y"]] == [1e-3] * 3  # every label once per round
 
 
 @pytest.mark.parametrize("split", ["train", "eval"])
