@@ -60,7 +60,8 @@ def interleaved(measurer, program: Program, schedules: Dict[str, str], rounds: i
     """Each label's schedule ("": the untransformed program) measured `rounds` times by
     `measurer`, every label once per round in turn, so that a slow moment of the shared machine
     hits them all alike: {label: [measurement per round]}.  Measured one after another at
-    different moments instead, one run of the stick timed the same schedules up to 2x apart."""
+    different moments instead, the same schedules timed up to 1.56x apart between two runs of the
+    stick (G and H)."""
     out: Dict[str, list] = {label: [] for label in schedules}
     for _ in range(rounds):
         for label, text in schedules.items():
