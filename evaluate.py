@@ -178,7 +178,7 @@ def evaluate_checkpoint(checkpoint: str, split: str = "eval", suite: str = "", b
                 fresh.evaluate(program, Schedule.empty(program))
             # Every method's best few measured again from scratch, no cache, and checked (`remeasured_best`):
             # their search-time figures are luck.
-            picks = [remeasured_best(fresh, program, r.top_of(samples)) for r in (
+            picks = [remeasured_best(fresh, program, r.top_of(samples), base) for r in (
                 SearchResult(name, "", 1.0, len(trials), [], trials),
                 random_search(env, name, samples, seed), greedy_search(env, name, samples, seed=seed))]
             (chosen, m), rand, greedy = picks[0], _speedup(base, picks[1][1]), _speedup(base, picks[2][1])

@@ -238,7 +238,7 @@ def main() -> int:
             picks = {"untransformed": ("", fresh.baseline(program))}
             for m in methods[1:]:  # "random_256": the best few of random search's first 256 (model_1: its top pick)
                 method, _, k = m.rpartition("_")
-                picks[m] = remeasured_best(fresh, program, trials[method].top_of(int(k)))
+                picks[m] = remeasured_best(fresh, program, trials[method].top_of(int(k)), picks["untransformed"][1])
             # Each pick's time: the median of --rounds measurements, every pick in turn in each round (and
             # not the re-measure it was picked on, which favours it); a failure in any round is its result.
             runs = interleaved(fresh, program, {m: s for m, (s, meas) in picks.items() if meas.ok}, args.rounds)

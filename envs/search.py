@@ -41,16 +41,16 @@ class SearchResult:
         return out[:n]
 
 
-def remeasured_best(measurer, program: Program, schedules: Sequence[str]):
+def remeasured_best(measurer, program: Program, schedules: Sequence[str], baseline=None):
     """(schedule, measurement) of the fastest of `schedules` measured again by `measurer` (from
     scratch when it keeps no cache; each result checked).  A best-of-k picked on one measurement
     each favours the luckiest: on a microsecond program random search's best of 256, measured
     again, ran slower than its own best of 8 (run G).  So the best few (`top_of`) are measured
     again and the fastest correct one is kept; when none is correct now, the first with its
-    failure (the failure is reported, not hidden).  ("", the untransformed program's measurement)
-    when there is none."""
+    failure (the failure is reported, not hidden).  ("", the untransformed program's measurement:
+    `baseline` when the caller has it, so that it is not run again) when there is none."""
     if not schedules:
-        return "", measurer.baseline(program)
+        return "", baseline if baseline is not None else measurer.baseline(program)
     runs = [(s, measurer.measure(program, Schedule.parse(s))) for s in schedules]
     ok = [r for r in runs if r[1].ok]
     return min(ok, key=lambda r: r[1].time_s) if ok else runs[0]
