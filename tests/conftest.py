@@ -6,6 +6,13 @@ import socket
 import tempfile
 import time
 
+# Every Ray this suite starts (test clusters, tune_run.py's runs, their workers) lives on loopback:
+# Ray 2.60 resolves 127.0.0.1 to the machine's own address (services.resolve_ip_for_localhost)
+# unless multi-node clusters are switched off, and then every node it starts, and every
+# address it resolves, is 127.0.0.1.  Set before Ray is first imported (ray_constants reads it
+# then); child processes inherit it.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 import pytest
 
 from envs.mlir import MeasureConfig, Measurer, Program
@@ -189,6 +196,8 @@ def ray_cluster(head: dict, workers: list):
     nodes = [c.add_node(**w) for w in workers]
     ray.init(address=c.address)
     try:
+        ips = {n["NodeManagerAddress"] for n in ray.nodes()} | {c.address.rsplit(":", 1)[0]}
+        assert ips == {"127.0.0.1"}, f"a test cluster's nodes must be on loopback only, got {sorted(ips)}"
         yield c, nodes
     finally:
         ray.shutdown()
