@@ -12,7 +12,10 @@ and a cost model trained on the time cache, `envs.cost_model`, picks the
 `--samples` to measure), and random and greedy search get the same number of
 measurements. Each method's best 3 are measured again from scratch (no cache)
 and checked, and the fastest is kept (`envs.search.remeasured_best`: a pick on
-one measurement each favours the luckiest). Writes name, schedule,
+one measurement each favours the luckiest); then every method's pick and the
+untransformed program are timed `--rounds` times (3), all in turn each round,
+and the medians give the speedups (`envs.search.timed_in_rounds`: a slow
+moment of the shared machine hits them all alike). Writes name, schedule,
 baseline_s, scheduled_s, speedup, correct (and the baselines' speedups) to a
 CSV or Parquet file and prints a table with geometric means. Only the saved
 RLModule is loaded: no Algorithm, no Ray cluster.
@@ -128,8 +131,9 @@ def policy_trials(env, module, benchmark: str, samples: int, seed: int = 0) -> L
 def evaluate_checkpoint(checkpoint: str, split: str = "eval", suite: str = "", benchmarks: Optional[List[str]] = None,
                         samples: int = 4, env_overrides: Optional[Dict] = None, out: str = "",
                         mlir_file: str = "", output_mlir: str = "", seed: int = 0, torch_ref: str = "",
-                        cost_model: str = "", pool: int = 64) -> List[Dict]:
+                        cost_model: str = "", pool: int = 64, rounds: int = 3) -> List[Dict]:
     from envs import MlirScheduleEnv, SearchResult, greedy_search, random_search, ranked_search, remeasured_best
+    from envs.search import timed_in_rounds
     from envs.mlir import Measurer, Program, Schedule, build_script, write_transformed
     from envs.suites import write_suite
 
@@ -178,10 +182,17 @@ def evaluate_checkpoint(checkpoint: str, split: str = "eval", suite: str = "", b
                 fresh.evaluate(program, Schedule.empty(program))
             # Every method's best few measured again from scratch, no cache, and checked (`remeasured_best`):
             # their search-time figures are luck.
-            picks = [remeasured_best(fresh, program, r.top_of(samples), base) for r in (
-                SearchResult(name, "", 1.0, len(trials), [], trials),
-                random_search(env, name, samples, seed), greedy_search(env, name, samples, seed=seed))]
-            (chosen, m), rand, greedy = picks[0], _speedup(base, picks[1][1]), _speedup(base, picks[2][1])
+            picks = dict(zip(("policy", "random", "greedy"), [
+                remeasured_best(fresh, program, r.top_of(samples), base) for r in (
+                    SearchResult(name, "", 1.0, len(trials), [], trials),
+                    random_search(env, name, samples, seed), greedy_search(env, name, samples, seed=seed))]))
+            chosen = picks["policy"][0]
+            if rounds:  # then the picks and the untransformed program timed in turn: the medians count
+                timed = timed_in_rounds(fresh, program, {"untransformed": ("", base), **picks}, rounds)
+                base = timed["untransformed"] if timed["untransformed"].ok else base
+            else:
+                timed = {k: m for k, (_, m) in picks.items()}
+            m, rand, greedy = timed["policy"], _speedup(base, timed["random"]), _speedup(base, timed["greedy"])
             schedule = Schedule.parse(chosen) if chosen else Schedule.empty(program)
             rows.append(dict(name=name, schedule=str(schedule.for_program(program)), baseline_s=base.time_s,
                              scheduled_s=m.time_s, speedup=_speedup(base, m) or None, correct=m.status == "ok",
@@ -297,6 +308,9 @@ def main(argv=None) -> int:
                     help="a cost model (python -m envs.cost_model train): the policy proposes --pool schedules, "
                          "the model picks which --samples to measure")
     ap.add_argument("--pool", type=int, default=64, help="with --cost-model: the policy's schedules ranked")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="each method's pick and the untransformed program timed this many times in turn; the "
+                         "medians count (0: the picks' own re-measures)")
     ap.add_argument("--out", default="evaluation.csv", help="results file (.csv or .parquet)")
     ap.add_argument("-o", "--output-mlir", default="", help="with --mlir: write the transformed module here")
     ap.add_argument("--torch", default="", metavar="MODULE:NAME",
@@ -313,11 +327,13 @@ def main(argv=None) -> int:
     try:
         if args.samples < 1:
             raise ValueError("--samples must be >= 1")
+        if args.rounds < 0:
+            raise ValueError(f"--rounds must be >= 0, got {args.rounds}")
         if args.torch and not args.mlir:
             raise ValueError("--torch goes with --mlir (the suites' own PyTorch twins: bench/vs_pytorch.py)")
         evaluate_checkpoint(args.checkpoint, suite=args.benchmarks, benchmarks=args.only, samples=args.samples,
                             env_overrides=overrides, out=args.out, mlir_file=args.mlir, output_mlir=args.output_mlir,
-                            torch_ref=args.torch, cost_model=args.cost_model, pool=args.pool)
+                            torch_ref=args.torch, cost_model=args.cost_model, pool=args.pool, rounds=args.rounds)
     except (MlirInputError, SuiteError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -582,7 +582,8 @@ def train(cfg: Dict[str, Any], args) -> int:
         from evaluate import evaluate_checkpoint
         ev = dict(run.get("evaluate") or {})
         evaluate_checkpoint(checkpoint, split=ev.get("split", "eval"), benchmarks=ev.get("benchmarks"),
-                            samples=int(ev.get("samples", 4)), env_overrides=config.env_config,
+                            samples=int(ev.get("samples", 4)), rounds=int(ev.get("rounds", 3)),
+                            env_overrides=config.env_config,
                             out=os.path.join(exp_dir, "evaluation.csv"))
     return 1 if errors else 0
 

@@ -151,7 +151,7 @@ def main() -> int:
 
     from envs import (RECHECK, MlirScheduleEnv, SearchResult, greedy_search, random_search, ranked_search,
                       remeasured_best)
-    from envs.search import interleaved
+    from envs.search import timed_in_rounds
     from envs.mlir import MeasureConfig, Measurer, Schedule
     from envs.mlir.cache import default_cache_dir
     from envs.mlir.compile import make_inputs
@@ -241,13 +241,11 @@ def main() -> int:
                 picks[m] = remeasured_best(fresh, program, trials[method].top_of(int(k)), picks["untransformed"][1])
             # Each pick's time: the median of --rounds measurements, every pick in turn in each round (and
             # not the re-measure it was picked on, which favours it); a failure in any round is its result.
-            runs = interleaved(fresh, program, {m: s for m, (s, meas) in picks.items() if meas.ok}, args.rounds)
+            timed = timed_in_rounds(fresh, program, picks, args.rounds)
             for m in methods:
-                sched, meas = picks[m]
-                bad = [x for x in runs.get(m, []) if not x.ok] or ([] if meas.ok else [meas])
-                t = None if bad else float(np.median([x.time_s for x in runs[m]]))
+                t = timed[m].time_s if timed[m].ok else None
                 entry["methods"][m] = {
-                    "schedule": sched or str(Schedule.empty(program)), "status": bad[0].status if bad else "ok",
+                    "schedule": picks[m][0] or str(Schedule.empty(program)), "status": timed[m].status,
                     "time_s": t, "gflops": row["flops"] / t / 1e9 if t else None,
                     "peak_fraction": row["flops"] / t / 1e9 / peak["gflops"] if t else None,
                     "vs_torch": torch_s / t if t else None}

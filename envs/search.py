@@ -6,6 +6,7 @@ A trained agent has to beat them at an equal budget.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -67,6 +68,20 @@ def interleaved(measurer, program: Program, schedules: Dict[str, str], rounds: i
         for label, text in schedules.items():
             out[label].append(measurer.baseline(program) if not text else
                               measurer.measure(program, Schedule.parse(text)))
+    return out
+
+
+def timed_in_rounds(measurer, program: Program, picks: Dict[str, tuple], rounds: int) -> Dict[str, object]:
+    """Each label's pick, (schedule text or "" for the untransformed program, the measurement it was
+    picked on), timed `rounds` times more (`interleaved`, every pick in turn each round): per label
+    a measurement whose time is the median of those rounds, and not the re-measure it was picked on
+    (which favours it); a failure in any round, or in the pick's own measurement, is its result."""
+    runs = interleaved(measurer, program, {k: s for k, (s, m) in picks.items() if m.ok}, rounds)
+    out = {}
+    for k, (_, m) in picks.items():
+        bad = [x for x in runs.get(k, []) if not x.ok] or ([] if m.ok else [m])
+        out[k] = bad[0] if bad else dataclasses.replace(
+            runs[k][0], time_s=float(np.median([x.time_s for x in runs[k]])))
     return out
 
 

@@ -9,7 +9,7 @@ from gymnasium.utils.env_checker import check_env
 import envs
 from envs import (RECHECK, EnvConfig, InvalidActionError, MlirScheduleEnv, greedy_search, random_search,
                   remeasured_best)
-from envs.search import interleaved
+from envs.search import interleaved, timed_in_rounds
 from envs.action_space import Pending
 from envs.mlir import ACTIONS, MeasureConfig, Measurer, Schedule
 
@@ -245,7 +245,7 @@ def test_search_baselines_spend_their_budget_and_find_faster_code(env):
 
 
 def test_remeasured_best_keeps_the_fastest_correct_and_interleaved_times_picks_in_turn():
-    """`remeasured_best`'s choice and `interleaved`'s order, with a stand-in for the Measurer (their real
+    """`remeasured_best`'s choice, `interleaved`'s order and `timed_in_rounds`' medians, with a stand-in for the Measurer (their real
     measurements are tested above)."""
     from types import SimpleNamespace as NS
     program = None  # only passed through to the stand-in
@@ -269,6 +269,28 @@ def test_remeasured_best_keeps_the_fastest_correct_and_interleaved_times_picks_i
     f = FakeMeasurer({a: 3e-3, b: 1e-3})
     runs = interleaved(f, program, {"x": a, "y": b}, 3)
     assert f.asked == [a, b] * 3 and [m.time_s for m in runs["y"]] == [1e-3] * 3  # every label once per round
+
+    # timed_in_rounds: each pick's median over the rounds; a failure in any round, or in the pick's own
+    # re-measure (then it is not timed again), is its result.  Real Measurement records from the stand-in.
+    import datetime
+    from envs.mlir.cache import Measurement
+
+    class RoundsMeasurer:  # a fake inside this unit test only: the next time of each schedule per call
+        def __init__(self, times):
+            self.times, self.asked = times, []
+
+        def measure(self, program, schedule):
+            self.asked.append(str(schedule))
+            t = self.times[str(schedule)].pop(0)
+            return Measurement("h", str(schedule), "fp", "ok" if t else "timeout", t, 0.1, "",
+                               datetime.datetime.now())
+
+    pick = lambda s, t: (s, Measurement("h", s, "fp", "ok" if t else "wrong_result", t, 0.1, "", datetime.datetime.now()))
+    f = RoundsMeasurer({a: [5e-3, 1e-3, 2e-3], b: [1e-3, None, 1e-3]})
+    timed = timed_in_rounds(f, program, {"x": pick(a, 9e-3), "y": pick(b, 1e-3), "z": pick(c, None)}, 3)
+    assert f.asked == [a, b] * 3  # the failed pick is not timed again
+    assert timed["x"].ok and timed["x"].time_s == 2e-3 and timed["x"].schedule == a  # the median, not its 9 ms
+    assert timed["y"].status == "timeout" and timed["z"].status == "wrong_result"
 
 
 @pytest.mark.parametrize("split", ["train", "eval"])

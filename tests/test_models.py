@@ -411,6 +411,9 @@ def test_evaluate_on_the_checkpoint(smoke_run, tmp_path):
     bad = subprocess.run([sys.executable, "evaluate.py", "--checkpoint", str(tmp_path)], capture_output=True,
                          text=True, timeout=300, cwd=ROOT)
     assert bad.returncode == 2 and "no RLModule checkpoint" in bad.stderr
+    bad = subprocess.run([sys.executable, "evaluate.py", "--checkpoint", ckpt, "--threads", "1", "--rounds", "-1"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert bad.returncode == 2 and "--rounds must be >= 0, got -1" in bad.stderr
 
 
 def test_cost_model_bench_judges_a_policy_with_its_cost_model(smoke_run, tmp_path):
