@@ -6,7 +6,9 @@ measures the model's best 8 of POOL random schedules, evolved GENERATIONS
 times on the model first; a variant `policy:POOL:GENERATIONS` (with
 `--checkpoint`) ranks POOL distinct schedules of the policy instead (its
 greedy episode, then sampled ones; evaluate.py's `--cost-model` search),
-`policy:POOL:GENERATIONS:T` with its logits divided by T (more diverse).
+`policy:POOL:GENERATIONS:T` with its logits divided by T (more diverse);
+`agent:POOL:RANDOM` ranks the policy's POOL and RANDOM random schedules
+together (bench/vs_pytorch.py's agent_8).
 Random search's best of 8 and of 256, and with `--checkpoint` the policy's
 own best of 8 (greedy, then 7 sampled episodes, measured), are the
 yardsticks. Every winner is then measured again from scratch, all variants in
@@ -17,6 +19,7 @@ rounds.
     python -m envs.cost_model train --hold-out A B C --out cm_val.pt
     python bench/cost_model.py --cost-model cm_val.pt --only A B C --variants 4096:0 1024:0 1024:4
     python bench/cost_model.py --cost-model cm_val.pt --only A B C --checkpoint CKPT --variants policy:64:0 policy:256:0
+    python bench/cost_model.py --cost-model cm_val.pt --only A B C --checkpoint CKPT --variants 4096:0 agent:64:4096
 
 A checkpoint is judged on programs it has not trained on (a run's validation subset).
 
@@ -44,7 +47,8 @@ def main() -> int:
                     help="one model, or several (each variant runs with each; labelled by file name)")
     ap.add_argument("--only", nargs="+", required=True, help="training programs the model has not learned from")
     ap.add_argument("--variants", nargs="+", default=["4096:0", "1024:0", "1024:4"],
-                    help="POOL:GENERATIONS each (random schedules), or policy:POOL:GENERATIONS (the policy's)")
+                    help="POOL:GENERATIONS each (random schedules), policy:POOL:GENERATIONS (the policy's), or "
+                         "agent:POOL:RANDOM (both)")
     ap.add_argument("--checkpoint", default="", help="a policy (tune_run.py checkpoint) for policy:... variants; "
                                                      "adds policy_8, its own best of 8")
     ap.add_argument("--budget", type=int, default=8, help="measurements of each ranked search")
@@ -57,7 +61,7 @@ def main() -> int:
     args = ap.parse_args()
 
     import tempfile
-    from envs import MlirScheduleEnv, random_search, ranked_search
+    from envs import MlirScheduleEnv, random_search, ranked_search, sample_schedules
     from envs.search import interleaved
     from envs.cost_model import CostModel, learnable_rows
     from envs.mlir import MeasureConfig, Measurer
@@ -78,29 +82,31 @@ def main() -> int:
             ap.error(f"{label} learned from {', '.join(seen)}: hold them out (--hold-out) to judge it on them")
     variants = []
     for v in args.variants:
-        policy = v.startswith("policy:")
-        parts = v[len("policy:") if policy else 0:].split(":")
+        kind = v.split(":")[0] if v.split(":")[0] in ("policy", "agent") else "random"
+        parts = v.split(":")[0 if kind == "random" else 1:]
         try:
-            if len(parts) not in ((2, 3) if policy else (2,)):
+            if len(parts) not in {"random": (2,), "policy": (2, 3), "agent": (2,)}[kind]:
                 raise ValueError(v)
-            pool, gens = int(parts[0]), int(parts[1])
+            pool, gens = int(parts[0]), int(parts[1])  # agent: the policy's pool, then the random pool
             temp = float(parts[2]) if len(parts) == 3 else 1.0
-            if temp <= 0:
+            if temp <= 0 or pool < 1 or gens < 0:
                 raise ValueError(v)
         except ValueError:
-            ap.error(f"--variants {v}: expected POOL:GENERATIONS or policy:POOL:GENERATIONS[:TEMPERATURE > 0], "
-                     f"e.g. 1024:4 or policy:256:0:2")
-        if policy and not args.checkpoint:
-            ap.error(f"--variants {v}: a policy variant needs --checkpoint")
+            ap.error(f"--variants {v}: expected POOL:GENERATIONS, policy:POOL:GENERATIONS[:TEMPERATURE > 0] or "
+                     f"agent:POLICY_POOL:RANDOM_POOL, e.g. 1024:4, policy:256:0:2 or agent:64:4096")
+        if kind != "random" and not args.checkpoint:
+            ap.error(f"--variants {v}: a {kind} variant needs --checkpoint")
         for label, model in models.items():
             name = f"{label} " if len(models) > 1 else ""
-            kind = "policy_model" if policy else "model"
             t = f" T {temp:g}" if temp != 1.0 else ""
-            variants.append((f"{name}{kind}_{args.budget} pool {pool} gen {gens}{t}", model, pool, gens,
-                             temp if policy else None))
+            if kind == "agent":
+                variants.append((f"{name}agent_{args.budget} pool {pool}+{gens}", model, kind, pool, 0, 1.0, gens))
+            else:
+                variants.append((f"{name}{'policy_model' if kind == 'policy' else 'model'}_{args.budget} pool {pool} "
+                                 f"gen {gens}{t}", model, kind, pool, gens, temp, 0))
     module = None
     if args.checkpoint:
-        from evaluate import load_module, policy_schedules, policy_trials, trained_benchmarks
+        from evaluate import agent_schedules, load_module, policy_schedules, policy_trials, trained_benchmarks
         trained, path = trained_benchmarks(args.checkpoint)
         seen = sorted(set(args.only) & set(trained))
         if seen:
@@ -119,12 +125,14 @@ def main() -> int:
         for name in args.only:
             program = env.load(name)
             winners, search_s = {}, {}
-            for label, model, pool, gens, temperature in variants:  # temperature None: random schedules
+            for label, model, kind, pool, gens, temperature, random_pool in variants:
                 t = time.time()
-                policy = None if temperature is None else (
-                    lambda p, n=pool, tp=temperature: policy_schedules(env, module, name, n, args.seed, tp))
+                candidates = None if kind == "random" else (
+                    lambda p, n=pool, tp=temperature, rp=random_pool: agent_schedules(
+                        policy_schedules(env, module, name, n, args.seed, tp),
+                        sample_schedules(env, name, rp, args.seed) if rp else []))
                 r = ranked_search(env, name, args.budget, model, pool=pool, seed=args.seed, generations=gens,
-                                  candidates=policy)
+                                  candidates=candidates)
                 winners[label], search_s[label] = r.schedule, time.time() - t
             if module:
                 t = time.time()

@@ -403,10 +403,10 @@ def test_evaluate_on_the_checkpoint(smoke_run, tmp_path):
     from envs.cost_model import CostModel
     CostModel().save(str(tmp_path / "cm.pt"), threads=1)
     r = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), "--checkpoint", ckpt, "--mlir", str(mlir),
-                        "--samples", "2", "--cost-model", str(tmp_path / "cm.pt"), "--pool", "8",
+                        "--samples", "2", "--cost-model", str(tmp_path / "cm.pt"), "--pool", "8", "--random-pool", "16",
                         "--out", str(tmp_path / "cm.csv")], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "the policy's 2 are the best of 8 of its schedules by" in r.stdout
+    assert "the policy's 2 are the best of 8 of its schedules and 16 random ones by" in r.stdout
     assert list(csv.DictReader(open(tmp_path / "cm.csv")))[0]["correct"] == "true"
     bad = subprocess.run([sys.executable, "evaluate.py", "--checkpoint", str(tmp_path)], capture_output=True,
                          text=True, timeout=300, cwd=ROOT)
@@ -414,6 +414,18 @@ def test_evaluate_on_the_checkpoint(smoke_run, tmp_path):
     bad = subprocess.run([sys.executable, "evaluate.py", "--checkpoint", ckpt, "--threads", "1", "--rounds", "-1"],
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert bad.returncode == 2 and "--rounds must be >= 0, got -1" in bad.stderr
+    bad = subprocess.run([sys.executable, "evaluate.py", "--checkpoint", ckpt, "--threads", "1", "--random-pool", "8"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert bad.returncode == 2 and "--random-pool goes with --cost-model" in bad.stderr
+
+
+def test_agent_pool_puts_the_policy_first_and_adds_only_new_random_schedules():
+    from envs.mlir import Schedule
+    from evaluate import agent_schedules
+    a, b, c = (Schedule.parse(f"operation_0: {x}") for x in ("V", "NT", "V; operation_1: V"))
+    got = agent_schedules([a, b], [Schedule.parse("operation_0: NT"), c, a])
+    assert [str(s) for s in got] == [str(a), str(b), str(c)]
+    assert agent_schedules([a], []) == [a]
 
 
 def test_cost_model_bench_judges_a_policy_with_its_cost_model(smoke_run, tmp_path):
@@ -425,7 +437,8 @@ def test_cost_model_bench_judges_a_policy_with_its_cost_model(smoke_run, tmp_pat
     from envs.cost_model import CostModel
     CostModel().save(str(tmp_path / "cm.pt"), threads=1)  # untrained: only the plumbing is tested here
     cmd = [sys.executable, "bench/cost_model.py", "--cost-model", str(tmp_path / "cm.pt"), "--only",
-           "resnet_18_layer2_relu", "--variants", "policy:4:0:2", "--budget", "2", "--random", "0", "--repeats", "1",
+           "resnet_18_layer2_relu", "--variants", "policy:4:0:2", "agent:4:8", "--budget", "2", "--random", "0",
+           "--repeats", "1",
            "--threads", "1", "--out", str(tmp_path / "cm.json")]
     bad = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert bad.returncode == 2 and "a policy variant needs --checkpoint" in bad.stderr
@@ -435,7 +448,8 @@ def test_cost_model_bench_judges_a_policy_with_its_cost_model(smoke_run, tmp_pat
     r = subprocess.run(cmd + ["--checkpoint", ckpt], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.load(open(tmp_path / "cm.json"))
-    assert res["methods"] == ["policy_model_2 pool 4 gen 0 T 2", "policy_2"] and res["checkpoint"] == ckpt
+    assert res["methods"] == ["policy_model_2 pool 4 gen 0 T 2", "agent_2 pool 4+8", "policy_2"]
+    assert res["checkpoint"] == ckpt
     row = res["rows"][0]["methods"]
     for m in res["methods"]:  # a winner re-measured ("": none beat the untransformed program)
         assert row[m]["speedup"] > 0 and row[m]["search_s"] > 0
