@@ -8,8 +8,8 @@
 
 For each benchmark the policy schedules greedily (plus `--samples - 1`
 sampled episodes; with `--cost-model`, the policy proposes `--pool` schedules
-(with `--random-pool`, random ones too) and a cost model trained on the time
-cache, `envs.cost_model`, picks the `--samples` to measure), and random and greedy search get the same number of
+and a cost model trained on the time cache, `envs.cost_model`, picks the
+`--samples` to measure), and random and greedy search get the same number of
 measurements. Each method's best 3 are measured again from scratch (no cache)
 and checked, and the fastest is kept (`envs.search.remeasured_best`: a pick on
 one measurement each favours the luckiest); then every method's pick and the
@@ -121,11 +121,10 @@ def policy_schedules(env, module, benchmark: str, n: int, seed: int = 0, tempera
 
 
 def agent_schedules(policy: List, random: List) -> List:
-    """The agent's candidates for its cost model: the policy's schedules (`policy_schedules`), then
-    the random ones (`envs.search.sample_schedules`) not among them.  The model ranks them all and
-    only its best are measured, so the policy's schedules compete with random ones on predicted
-    time (the policy alone proposes too few kinds of schedule: run J, policy_model_8 x1.18 against
-    model_8 x1.37)."""
+    """The policy's schedules (`policy_schedules`), then the random ones (`envs.search.sample_schedules`)
+    not among them: one pool for a cost model to rank (bench/cost_model.py's agent:POOL:RANDOM).
+    Not the default: on held-out training programs the model then picked mostly random schedules
+    and did no better than on random ones alone, below its picks of the policy's (docs/ENV.md)."""
     seen = {str(s) for s in policy}
     return list(policy) + [s for s in random if str(s) not in seen]
 
@@ -141,9 +140,8 @@ def policy_trials(env, module, benchmark: str, samples: int, seed: int = 0) -> L
 def evaluate_checkpoint(checkpoint: str, split: str = "eval", suite: str = "", benchmarks: Optional[List[str]] = None,
                         samples: int = 4, env_overrides: Optional[Dict] = None, out: str = "",
                         mlir_file: str = "", output_mlir: str = "", seed: int = 0, torch_ref: str = "",
-                        cost_model: str = "", pool: int = 64, rounds: int = 3, random_pool: int = 0) -> List[Dict]:
-    from envs import (MlirScheduleEnv, SearchResult, greedy_search, random_search, ranked_search, remeasured_best,
-                      sample_schedules)
+                        cost_model: str = "", pool: int = 64, rounds: int = 3) -> List[Dict]:
+    from envs import MlirScheduleEnv, SearchResult, greedy_search, random_search, ranked_search, remeasured_best
     from envs.search import timed_in_rounds
     from envs.mlir import Measurer, Program, Schedule, build_script, write_transformed
     from envs.suites import write_suite
@@ -176,17 +174,15 @@ def evaluate_checkpoint(checkpoint: str, split: str = "eval", suite: str = "", b
                      env.cfg.actions)
     rows = []
     print(f"evaluating {checkpoint} on {len(env.names)} benchmark(s), budget {samples} measurement(s) each"
-          + (f"; the policy's {samples} are the best of {pool} of its schedules"
-             + (f" and {random_pool} random ones" if random_pool else "") + f" by {cost_model}" if model else ""))
+          + (f"; the policy's {samples} are the best of {pool} of its schedules by {cost_model}" if model else ""))
     if model is not None and model.meta.get("threads") not in (None, env.cfg.measure.threads):
         print(f"warning: {cost_model} learned times of {model.meta['threads']} thread(s), this evaluation times on "
               f"{env.cfg.measure.threads}", file=sys.stderr)
     try:
         for name in env.names:
             if model is not None:  # the policy proposes, the cost model picks which to measure
-                trials = ranked_search(env, name, samples, model, candidates=lambda p: agent_schedules(
-                    policy_schedules(env, module, name, pool, seed),
-                    sample_schedules(env, name, random_pool, seed) if random_pool else [])).trials
+                trials = ranked_search(env, name, samples, model,
+                                       candidates=lambda p: policy_schedules(env, module, name, pool, seed)).trials
             else:
                 trials = policy_trials(env, module, name, samples, seed)
             program = env.load(name)
@@ -321,9 +317,6 @@ def main(argv=None) -> int:
                     help="a cost model (python -m envs.cost_model train): the policy proposes --pool schedules, "
                          "the model picks which --samples to measure")
     ap.add_argument("--pool", type=int, default=64, help="with --cost-model: the policy's schedules ranked")
-    ap.add_argument("--random-pool", type=int, default=0,
-                    help="with --cost-model: random schedules ranked with the policy's (bench/vs_pytorch.py's agent_8; "
-                         "sampling takes about 5-60 ms each)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="each method's pick and the untransformed program timed this many times in turn; the "
                          "medians count (0: the picks' own re-measures)")
@@ -343,18 +336,13 @@ def main(argv=None) -> int:
     try:
         if args.samples < 1:
             raise ValueError("--samples must be >= 1")
-        if args.pool < 1 or args.random_pool < 0:
-            raise ValueError(f"--pool must be >= 1 and --random-pool >= 0, got {args.pool} and {args.random_pool}")
-        if args.random_pool and not args.cost_model:
-            raise ValueError("--random-pool goes with --cost-model (the model ranks the pool)")
         if args.rounds < 0:
             raise ValueError(f"--rounds must be >= 0, got {args.rounds}")
         if args.torch and not args.mlir:
             raise ValueError("--torch goes with --mlir (the suites' own PyTorch twins: bench/vs_pytorch.py)")
         evaluate_checkpoint(args.checkpoint, suite=args.benchmarks, benchmarks=args.only, samples=args.samples,
                             env_overrides=overrides, out=args.out, mlir_file=args.mlir, output_mlir=args.output_mlir,
-                            torch_ref=args.torch, cost_model=args.cost_model, pool=args.pool, rounds=args.rounds,
-                            random_pool=args.random_pool)
+                            torch_ref=args.torch, cost_model=args.cost_model, pool=args.pool, rounds=args.rounds)
     except (MlirInputError, SuiteError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ times on the model first; a variant `policy:POOL:GENERATIONS` (with
 greedy episode, then sampled ones; evaluate.py's `--cost-model` search),
 `policy:POOL:GENERATIONS:T` with its logits divided by T (more diverse);
 `agent:POOL:RANDOM` ranks the policy's POOL and RANDOM random schedules
-together (bench/vs_pytorch.py's agent_8).
+together (`evaluate.agent_schedules`).
 Random search's best of 8 and of 256, and with `--checkpoint` the policy's
 own best of 8 (greedy, then 7 sampled episodes, measured), are the
 yardsticks. Every winner is then measured again from scratch, all variants in

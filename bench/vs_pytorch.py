@@ -10,9 +10,8 @@ program; random search and greedy search (best of the first 8 and of all
 `--budget` measurements); and, with `--checkpoint`, the policy (its greedy
 episode, and the best of that and 7 sampled ones); with `--cost-model`, the
 best 8 of `--pool` random schedules by the cost model (model_8; model_1 its
-top pick alone), of `--policy-pool` schedules of the policy (policy_model_8,
-policy_model_1), and of both pools together (agent_8, agent_1: the policy's
-schedules compete with random ones on predicted time). Every method's best few
+top pick alone) and of `--policy-pool` schedules of the policy (policy_model_8,
+policy_model_1: the agent with its cost model). Every method's best few
 (3, `envs.search.RECHECK`) are measured again from scratch (no cache) and
 checked, and the fastest is picked (on one measurement each, a best of 256
 favours the luckiest); each pick is then timed `--rounds` times (3), every
@@ -151,7 +150,7 @@ def main() -> int:
         return 0
 
     from envs import (RECHECK, MlirScheduleEnv, SearchResult, greedy_search, random_search, ranked_search,
-                      remeasured_best, sample_schedules)
+                      remeasured_best)
     from envs.search import timed_in_rounds
     from envs.mlir import MeasureConfig, Measurer, Schedule
     from envs.mlir.cache import default_cache_dir
@@ -182,12 +181,11 @@ def main() -> int:
         if model.meta.get("threads") != threads:
             raise SystemExit(f"{args.cost_model} learned times of {model.meta.get('threads')} thread(s); this run "
                              f"times on {threads} (--threads)")
-        methods += ["model_1", "model_8"] + (["policy_model_1", "policy_model_8", "agent_1", "agent_8"]
-                                             if args.checkpoint else [])
+        methods += ["model_1", "model_8"] + (["policy_model_1", "policy_model_8"] if args.checkpoint else [])
     methods = list(dict.fromkeys(methods))  # --budget 8: one column each
     module, trained_on = None, []
     if args.checkpoint:
-        from evaluate import agent_schedules, load_module, policy_schedules, policy_trials, trained_benchmarks
+        from evaluate import load_module, policy_schedules, policy_trials, trained_benchmarks
         module = load_module(args.checkpoint)
         # The imported blocks are training programs too: say which rows the policy has seen.
         trained, path = trained_benchmarks(args.checkpoint)
@@ -231,13 +229,10 @@ def main() -> int:
                 trials["policy"] = SearchResult(name, "", 1.0, len(pol), list(np.maximum.accumulate(
                     [max(1.0, sp) for _, sp in pol])), pol)
             if model is not None:
-                pool = sample_schedules(env, name, args.pool, args.seed)  # model_8's and agent_8's random ones
-                trials["model"] = ranked_search(env, name, 8, model, candidates=lambda p: pool)
+                trials["model"] = ranked_search(env, name, 8, model, pool=args.pool, seed=args.seed)
                 if args.checkpoint:
-                    proposed = policy_schedules(env, module, name, args.policy_pool)
-                    trials["policy_model"] = ranked_search(env, name, 8, model, candidates=lambda p: proposed)
-                    trials["agent"] = ranked_search(env, name, 8, model,
-                                                    candidates=lambda p: agent_schedules(proposed, pool))
+                    trials["policy_model"] = ranked_search(
+                        env, name, 8, model, candidates=lambda p: policy_schedules(env, module, name, args.policy_pool))
             entry = {"name": name, "family": row["family"], "flops": row["flops"], "torch_s": torch_s,
                      "torch_gflops": row["flops"] / torch_s / 1e9, "methods": {}}
             picks = {"untransformed": ("", fresh.baseline(program))}
