@@ -666,3 +666,29 @@ def test_a_sweep_runs_trials_side_by_side_and_asha_stops_the_weak_ones(tmp_path)
             scores[(t, row["training_iteration"])] = row["val_speedup_geomean"]
     assert any(best.startswith(t) for t in trials)
     assert max(scores.values()) == pytest.approx(max(v for (t, _), v in scores.items() if best.startswith(t)))
+
+
+def test_learner_bench_times_the_real_module_from_a_file_of_inputs(tmp_path):
+    """bench/learner.py --write-inputs / --inputs: the GPU machine has no env or MLIR wheel, so the
+    observations and module configs travel as a file; it must unpickle without the env's package and
+    time the real MlirPolicyModule at each batch size."""
+    import gzip
+    import pickletools
+    inputs, out = tmp_path / "inputs.gz", tmp_path / "learner.json"
+    run = lambda *a: subprocess.run([sys.executable, os.path.join(ROOT, "bench", "learner.py"), *a],  # noqa: E731
+                                    capture_output=True, text=True, cwd=ROOT, timeout=600)
+    p = run("--write-inputs", str(inputs), "--batch", "8", "--models", "lstm", "distilbert-small")
+    assert p.returncode == 0, p.stderr[-2000:]
+    names = {str(arg) for op, arg, _ in pickletools.genops(gzip.open(inputs).read()) if isinstance(arg, str)}
+    assert not any(n == "envs" or n.startswith("envs.") for n in names)
+    p = run("--inputs", str(inputs), "--devices", "cpu", "--batch", "4", "8", "--models", "lstm", "distilbert-small",
+            "--rounds", "1", "--steps", "1", "--out", str(out))
+    assert p.returncode == 0, p.stderr[-2000:]
+    info = json.loads(out.read_text())
+    assert info["module"] == "MlirPolicyModule"
+    got = {(r["model"], r["batch"]): r for r in info["rows"]}
+    assert set(got) == {(m, b) for m in ("lstm", "distilbert-small") for b in (4, 8)}
+    assert all(r["samples_per_s"] > 0 and r["device"] == "cpu" for r in got.values())
+    assert got[("lstm", 8)]["total_params"] > got[("distilbert-small", 8)]["total_params"]  # 6.4M vs 2.3M
+    p = run("--inputs", str(inputs), "--devices", "cpu", "--batch", "16", "--models", "lstm", "--out", str(out))
+    assert p.returncode != 0 and "holds 8 observations" in p.stderr + p.stdout and str(inputs) in p.stderr + p.stdout
