@@ -100,6 +100,47 @@ def test_random_schedules_replay_as_they_were_stepped(programs):
     assert fused > 0  # the sampler does reach R's fill fusion
 
 
+def test_lazy_masks_equal_the_eager_ones_along_sampled_episodes(programs):
+    """The samplers read masks lazily (a transformation's heads when first read); every mask,
+    read that way, must be the eager one, pending multi-step picks (I then T) included."""
+    layout = ActionLayout(FeatureConfig(), ActionConfig())
+    rng = np.random.default_rng(11)
+    compared = 0
+    for p in programs.values():
+        for _ in range(20):
+            ps = ProgramState(p, layout.ac)
+            while not ps.done:
+                trial, pending = ps.copy(), None
+                while True:  # sample_actions' loop, comparing the masks at each step
+                    eager = layout.masks(trial.current, pending)
+                    lazy = layout.masks(trial.current, pending, lazy=True)
+                    assert set(eager) == set(layout.mask_sizes())
+                    for key in reversed(list(eager)):  # heads before the transformation mask
+                        np.testing.assert_array_equal(lazy[key], eager[key], err_msg=key)
+                        compared += 1
+                    got = layout.decode(layout.sample(eager, rng), eager, trial.current, pending)
+                    if type(got).__name__ == "Pending":
+                        pending = got
+                        continue
+                    pending = None
+                    trial.step(got)
+                    ps.step(got)
+                    if got.followers is None or len(got.followers) != 1:
+                        break
+    assert compared > 1000
+    with pytest.raises(KeyError):
+        layout.masks(None, lazy=True)["mask_nonexistent"]
+
+
+def test_op_state_replace_sets_fields_and_refuses_unknown_ones(programs):
+    s = ProgramState(programs["matmul"], ActionConfig()).current
+    t = s.replace(tiled=True, unroll=4)
+    assert (t.tiled, t.unroll, s.tiled, s.unroll) == (True, 4, False, None)  # s untouched
+    assert t.replace(tiled=False, unroll=None) == s and hash(t.replace(tiled=False, unroll=None)) == hash(s)
+    with pytest.raises(TypeError, match="no field"):
+        s.replace(tile=True)
+
+
 @pytest.mark.parametrize("name", ["matmul", "conv", "conv_nchw", "depthwise", "pool", "elementwise", "batch"])
 def test_random_masked_schedules_compile_and_are_correct(programs, measurer, name):
     """Whatever the masks allow compiles and computes the right result."""

@@ -118,4 +118,15 @@ class OpState:
         return best
 
     def replace(self, **kw) -> "OpState":
-        return dataclasses.replace(self, **kw)
+        # dataclasses.replace, without its per-call introspection (the masks make tens of
+        # thousands of states per sampled schedule): the fields copied, the given ones set.
+        bad = kw.keys() - _FIELDS
+        if bad:
+            raise TypeError(f"OpState has no field(s) {', '.join(sorted(bad))}")
+        new = object.__new__(OpState)
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(kw)
+        return new
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(OpState))

@@ -78,18 +78,7 @@ class R(Action):
     def geometry(s: OpState) -> Optional[Tuple[int, Optional[int]]]:
         """(vector loop, row loop or None), or None when the output's last dimension is
         not a plain parallel loop."""
-        if len(s.stores) != 1 or not s.stores[0]:
-            return None
-        out = s.stores[0]
-        n = _plain(out[-1])
-        if n is None or s.iterator_types[n] != "parallel":
-            return None
-        cands = [d for d in (_plain(r) for r in out[:-1]) if d is not None and d != n
-                 and s.iterator_types[d] == "parallel"]
-        readers = [m for m in s.loads if any(r[n] for r in m)]
-        outer = [d for d in cands if any(not any(r[d] for r in m) for m in readers)]
-        pick = outer or cands
-        return n, (pick[-1] if pick else None)
+        return _geometry(s.stores, s.loads, s.iterator_types)
 
     def sizes(self, s: OpState) -> Tuple[int, ...]:
         n, m = self.geometry(s)
@@ -358,6 +347,25 @@ class R(Action):
         V().emit(b, tiled, ctx)
         if self.unroll > 1:
             b.unroll_later(U.target(tiled)[1], self.unroll)
+
+
+# Memoized: the masks ask for an op's geometry dozens of times per env step (a sampled
+# schedule of a 7-op block spent a quarter of its time here), and it depends on the
+# access matrices and iterator types alone.
+@functools.lru_cache(maxsize=4096)
+def _geometry(stores, loads, iterator_types) -> Optional[Tuple[int, Optional[int]]]:
+    if len(stores) != 1 or not stores[0]:
+        return None
+    out = stores[0]
+    n = _plain(out[-1])
+    if n is None or iterator_types[n] != "parallel":
+        return None
+    cands = [d for d in (_plain(r) for r in out[:-1]) if d is not None and d != n
+             and iterator_types[d] == "parallel"]
+    readers = [m for m in loads if any(r[n] for r in m)]
+    outer = [d for d in cands if any(not any(r[d] for r in m) for m in readers)]
+    pick = outer or cands
+    return n, (pick[-1] if pick else None)
 
 
 @functools.lru_cache(maxsize=256)
