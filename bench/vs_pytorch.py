@@ -27,8 +27,11 @@ faster than PyTorch), geometric means per family and overall.
 
 Writes bench/results/vs_pytorch.json, vs_pytorch_ratio.png (ratio to PyTorch
 per benchmark and method) and vs_pytorch_budget.png (best-so-far ratio to
-PyTorch against measurements spent), and prints a table. Quiet machine
-advised: the searches and the timings share its cores.
+PyTorch against measurements spent), and prints a table. The JSON is written
+after every benchmark too ("complete": false until the end): a run stopped
+after an hour keeps what it measured, and `--resume` (same settings) measures
+only the benchmarks it lacks. Quiet machine advised: the searches and the
+timings share its cores.
 """
 from __future__ import annotations
 
@@ -129,7 +132,10 @@ def main() -> int:
     ap.add_argument("--cache-dir", default="", help="time cache of the searches (default: the project's)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="each method's pick is timed this many times, all picks in turn each round; the median counts")
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "vs_pytorch.json"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "vs_pytorch.json"),
+                    help="written after every benchmark (\"complete\": false until the end)")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the benchmarks --out already has (same settings) and measure only the others")
     ap.add_argument("--torch-times", default="", help=argparse.SUPPRESS)  # internal: the PyTorch timing process
     ap.add_argument("--replot", action="store_true", help="only print the table and draw the plots of --out again")
     args = ap.parse_args()
@@ -163,11 +169,20 @@ def main() -> int:
 
     threads = args.threads or available_cpus()
     rows = bench_rows(args.only, args.split)
-    peak = fma_peak(threads)
-    print(f"FMA peak: {peak['gflops']:.0f} GFLOP/s on {threads} thread(s) (vector<{peak['vector_width']}xf32>)",
-          flush=True)
+    settings = {k: getattr(args, k) for k in ("budget", "checkpoint", "cost_model", "pool", "policy_pool", "seed",
+                                              "rounds", "tile_candidates", "no_search", "no_greedy")}
+    settings["threads"] = threads
+    kept = _resumable(args.out, settings) if args.resume else {}
+    peak = kept["fma_peak"] if kept else fma_peak(threads)  # one peak for every row's fraction
+    print(f"FMA peak: {peak['gflops']:.0f} GFLOP/s on {threads} thread(s) (vector<{peak['vector_width']}xf32>)"
+          + (" (from " + args.out + ")" if kept else ""), flush=True)
+    done = {r["name"]: r for r in kept.get("rows", [])}
+    kept_order = list(done)  # the kept curves are in this order
+    if done:
+        print(f"resuming {args.out}: {len(done)} benchmark(s) kept, "
+              f"{sum(r['name'] not in done for r in rows)} to measure", flush=True)
     searches = () if args.no_search else ("random",) if args.no_greedy else ("random", "greedy")
-    methods = ["untransformed"] + [f"{m}_{k}" for m in searches for k in (8, args.budget)]
+    methods = ["untransformed"] + [f"{m}_{k}" for m in searches for k in (min(8, args.budget), args.budget)]
     if args.checkpoint:
         methods = ["untransformed", "policy_1", "policy_8"] + methods[1:]
     model = None
@@ -202,10 +217,20 @@ def main() -> int:
     fresh = Measurer(MeasureConfig(threads=threads, repetitions=5))  # winners again, from scratch
     out, curves = [], {}
     t_start = time.time()
+
+    def result_so_far(complete: bool) -> Dict:
+        return {"threads": threads, "fma_peak": peak, "budget": args.budget, "recheck": RECHECK,
+                "rounds": args.rounds, "methods": methods, "rows": out,
+                "tile_candidates": args.tile_candidates, "policy_trained_on": trained_on,
+                "summary": _summary(out, methods, geomean), "curves": curves, "settings": settings,
+                "complete": complete, "date": time.strftime("%Y-%m-%d %H:%M"),
+                "command": " ".join(["python", "bench/vs_pytorch.py"] + sys.argv[1:])}
     try:
         # PyTorch first: checked against our untransformed result on our inputs, then timed in a
         # process of its own (`torch_times_apart`), before the searches and again at the end.
         for row in rows:
+            if row["name"] in done:
+                continue
             program = env.load(row["name"])
             twin = torch_twin(row, make_inputs(program.inputs, fresh.cfg.seed))
             ref = fresh._reference(program)
@@ -214,9 +239,15 @@ def main() -> int:
             if err > 1e-3 * scale + 1e-5:
                 raise SystemExit(f"{row['name']}: PyTorch's result differs from ours (max abs error {err:.3g}): "
                                  f"the twin is not the same computation")
-        torch_times = torch_times_apart(rows, threads)
+        todo = [r for r in rows if r["name"] not in done]
+        torch_times = torch_times_apart(todo, threads) if todo else {}
         for i, row in enumerate(rows):
             name = row["name"]
+            if name in done:  # measured by the run being resumed: its entry and curves as they were
+                out.append(done[name])
+                for m, c in kept["curves"].items():
+                    curves.setdefault(m, []).append(c[kept_order.index(name)])
+                continue
             program = env.load(name)
             torch_s = torch_times[name]
             trials = {}
@@ -259,6 +290,7 @@ def main() -> int:
             print(f"[{i + 1}/{len(rows)}] {name:<42} torch {entry['torch_gflops']:7.1f} GFLOP/s  " +
                   "  ".join(f"{m} x{r[m]['vs_torch']:.2f}" if r[m]["vs_torch"] else f"{m} {r[m]['status']}"
                             for m in methods) + f"  ({time.time() - t_start:.0f} s)", flush=True)
+            _write(result_so_far(False), args.out)  # a run stopped later keeps this row (--resume)
         env.close()
         fresh.close()  # our workers gone: PyTorch once more, alone
         again_all = torch_times_apart(rows, threads)
@@ -277,20 +309,41 @@ def main() -> int:
         fresh.close()
         tmp.cleanup()
 
-    summary = _summary(out, methods, geomean)
-    result = {"threads": threads, "fma_peak": peak, "budget": args.budget, "recheck": RECHECK, "rounds": args.rounds,
-              "methods": methods,
-              "rows": out,
-              "tile_candidates": args.tile_candidates, "policy_trained_on": trained_on,
-              "summary": summary, "curves": curves, "date": time.strftime("%Y-%m-%d %H:%M"),
-              "command": " ".join(["python", "bench/vs_pytorch.py"] + sys.argv[1:])}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    result = result_so_far(True)
+    _write(result, args.out)
     _table(result)
     _plots(result, os.path.splitext(args.out)[0])
     print(f"wrote {args.out} and its two PNG plots")
     return 0
+
+
+def _write(result: Dict, path: str) -> None:
+    """Replace `path` whole (a run killed while writing leaves the previous version, never half a file)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _resumable(path: str, settings: Dict) -> Dict:
+    """The result in `path` if it was measured with these settings (else a clear error, the file untouched)."""
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--resume: {path} is not a result of this bench ({e}); move it away or drop --resume")
+    if "settings" not in old:
+        raise SystemExit(f"--resume: {path} was written by an older version of this bench (no settings): "
+                         f"move it away or drop --resume")
+    differ = [f"{k}: {old['settings'].get(k)!r} there, {v!r} now" for k, v in settings.items()
+              if old["settings"].get(k) != v]
+    if differ:
+        raise SystemExit(f"--resume: {path} was measured with other settings ({'; '.join(differ)}): "
+                         f"rerun with those, or another --out")
+    return old
 
 
 def _summary(rows: List[Dict], methods: List[str], geomean) -> Dict:

@@ -144,3 +144,43 @@ def test_the_stick_summarizes_the_eval_split_apart_from_the_training_splits_bloc
     assert s["compute-bound"]["benchmarks"] == sum(r["family"] in COMPUTE_BOUND for r in stick)
     only_eval = [x for x, r in zip(rows, stick) if r["split"] == "eval"]
     assert "eval split" not in _summary(only_eval, ["m"], geomean)  # the same as overall: not repeated
+
+
+def test_the_stick_keeps_every_measured_row_and_resumes_a_stopped_run(tmp_path):
+    """bench/vs_pytorch.py writes its JSON after each benchmark: a run killed during the second
+    keeps the first, `--resume` measures only the second, and other settings are refused with the
+    file untouched (real compilation and timing of two small eval rows, budget 2)."""
+    import json
+    import signal
+    import time
+    out = tmp_path / "stick.json"
+    cmd = [sys.executable, os.path.join(ROOT, "bench", "vs_pytorch.py"), "--only", "mobilenetv2_global_avgpool_7x7",
+           "mobilenetv2_block6_relu6", "--budget", "2", "--no-greedy", "--rounds", "1", "--out", str(out),
+           "--cache-dir", str(tmp_path / "cache")]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not out.exists() and p.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)  # the stick and its measuring workers
+        p.wait()
+    first = json.loads(out.read_text())
+    assert first["complete"] is False and [r["name"] for r in first["rows"]] == ["mobilenetv2_block6_relu6"]
+    assert not (tmp_path / "stick.json.tmp").exists()
+    r = subprocess.run(cmd + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 benchmark(s) kept, 1 to measure" in r.stdout
+    done = json.loads(out.read_text())
+    assert done["complete"] is True and [x["name"] for x in done["rows"]] == [
+        "mobilenetv2_block6_relu6", "mobilenetv2_global_avgpool_7x7"]  # the suite's order
+    assert done["fma_peak"] == first["fma_peak"]  # one peak for every row's fraction
+    kept, again = first["rows"][0]["methods"], done["rows"][0]["methods"]
+    for m in ("untransformed", "random_2"):  # not measured again (the ratio may shrink: PyTorch re-timed at the end)
+        assert (again[m]["schedule"], again[m]["time_s"]) == (kept[m]["schedule"], kept[m]["time_s"])
+    assert [len(c) for c in done["curves"].values()] == [2]
+    before = out.read_bytes()
+    r = subprocess.run([a if a != "2" else "3" for a in cmd] + ["--resume"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode != 0 and "other settings" in r.stderr and "budget: 2 there, 3 now" in r.stderr
+    assert out.read_bytes() == before
