@@ -30,7 +30,8 @@ per benchmark and method) and vs_pytorch_budget.png (best-so-far ratio to
 PyTorch against measurements spent), and prints a table. The JSON is written
 after every benchmark too ("complete": false until the end): a run stopped
 after an hour keeps what it measured, and `--resume` (same settings) measures
-only the benchmarks it lacks. Quiet machine advised: the searches and the
+only the benchmarks it lacks; without `--resume` an existing result is first
+moved to <stem>.previous.json. Quiet machine advised: the searches and the
 timings share its cores.
 """
 from __future__ import annotations
@@ -173,6 +174,8 @@ def main() -> int:
                                               "rounds", "tile_candidates", "no_search", "no_greedy")}
     settings["threads"] = threads
     kept = _resumable(args.out, settings) if args.resume else {}
+    if not args.resume and os.path.exists(args.out):  # a new run: the last result is not lost to its first row
+        print(f"the previous {args.out} is now {_keep_previous(args.out)}", flush=True)
     peak = kept["fma_peak"] if kept else fma_peak(threads)  # one peak for every row's fraction
     print(f"FMA peak: {peak['gflops']:.0f} GFLOP/s on {threads} thread(s) (vector<{peak['vector_width']}xf32>)"
           + (" (from " + args.out + ")" if kept else ""), flush=True)
@@ -324,6 +327,13 @@ def _write(result: Dict, path: str) -> None:
     with open(tmp, "w") as f:
         json.dump(result, f, indent=1)
     os.replace(tmp, path)
+
+
+def _keep_previous(path: str) -> str:
+    """Move the result in `path` aside (to <stem>.previous.json, replacing an older one) and say where."""
+    prev = os.path.splitext(path)[0] + ".previous.json"
+    os.replace(path, prev)
+    return prev
 
 
 def _resumable(path: str, settings: Dict) -> Dict:

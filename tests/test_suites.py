@@ -184,3 +184,6 @@ def test_the_stick_keeps_every_measured_row_and_resumes_a_stopped_run(tmp_path):
                        text=True, timeout=300)
     assert r.returncode != 0 and "other settings" in r.stderr and "budget: 2 there, 3 now" in r.stderr
     assert out.read_bytes() == before
+    from bench.vs_pytorch import _keep_previous  # what a new run (no --resume) does first with an old result
+    assert _keep_previous(str(out)) == str(tmp_path / "stick.previous.json")
+    assert not out.exists() and (tmp_path / "stick.previous.json").read_bytes() == before
