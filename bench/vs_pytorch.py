@@ -231,9 +231,8 @@ def main() -> int:
     try:
         # PyTorch first: checked against our untransformed result on our inputs, then timed in a
         # process of its own (`torch_times_apart`), before the searches and again at the end.
-        for row in rows:
-            if row["name"] in done:
-                continue
+        todo = [r for r in rows if r["name"] not in done]
+        for row in todo:
             program = env.load(row["name"])
             twin = torch_twin(row, make_inputs(program.inputs, fresh.cfg.seed))
             ref = fresh._reference(program)
@@ -242,7 +241,6 @@ def main() -> int:
             if err > 1e-3 * scale + 1e-5:
                 raise SystemExit(f"{row['name']}: PyTorch's result differs from ours (max abs error {err:.3g}): "
                                  f"the twin is not the same computation")
-        todo = [r for r in rows if r["name"] not in done]
         torch_times = torch_times_apart(todo, threads) if todo else {}
         for i, row in enumerate(rows):
             name = row["name"]
