@@ -380,6 +380,8 @@ def _table(result: Dict) -> None:
     w = max(len(r["name"]) for r in result["rows"]) + 1
     print(f"\nratio to PyTorch (> 1: faster), {result['threads']} thread(s); FMA peak "
           f"{result['fma_peak']['gflops']:.0f} GFLOP/s")
+    if not result.get("complete", True):  # a stopped run's rows, PyTorch not yet re-timed at the end
+        print(f"partial: {len(result['rows'])} benchmark(s), the run stopped before the end (--resume completes it)")
     print(f"{'benchmark':<{w}} {'torch GF/s':>10} " + " ".join(f"{m:>13}" for m in methods))
     for r in result["rows"]:
         cells = [f"x{r['methods'][m]['vs_torch']:.2f} {100 * r['methods'][m]['peak_fraction']:3.0f}%"

@@ -168,6 +168,9 @@ def test_the_stick_keeps_every_measured_row_and_resumes_a_stopped_run(tmp_path):
     first = json.loads(out.read_text())
     assert first["complete"] is False and [r["name"] for r in first["rows"]] == ["mobilenetv2_block6_relu6"]
     assert not (tmp_path / "stick.json.tmp").exists()
+    r = subprocess.run([sys.executable, cmd[1], "--replot", "--out", str(out)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "partial: 1 benchmark(s)" in r.stdout, r.stdout + r.stderr
     r = subprocess.run(cmd + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "1 benchmark(s) kept, 1 to measure" in r.stdout
