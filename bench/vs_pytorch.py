@@ -181,9 +181,9 @@ def main() -> int:
           + (" (from " + args.out + ")" if kept else ""), flush=True)
     done = {r["name"]: r for r in kept.get("rows", [])}
     kept_order = list(done)  # the kept curves are in this order
+    todo = [r for r in rows if r["name"] not in done]
     if done:
-        print(f"resuming {args.out}: {len(done)} benchmark(s) kept, "
-              f"{sum(r['name'] not in done for r in rows)} to measure", flush=True)
+        print(f"resuming {args.out}: {len(done)} benchmark(s) kept, {len(todo)} to measure", flush=True)
     searches = () if args.no_search else ("random",) if args.no_greedy else ("random", "greedy")
     methods = ["untransformed"] + [f"{m}_{k}" for m in searches for k in (min(8, args.budget), args.budget)]
     if args.checkpoint:
@@ -231,7 +231,6 @@ def main() -> int:
     try:
         # PyTorch first: checked against our untransformed result on our inputs, then timed in a
         # process of its own (`torch_times_apart`), before the searches and again at the end.
-        todo = [r for r in rows if r["name"] not in done]
         for row in todo:
             program = env.load(row["name"])
             twin = torch_twin(row, make_inputs(program.inputs, fresh.cfg.seed))
