@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from envs import ActionLayout  # noqa: E402
 from envs.mlir import ActionConfig, FeatureConfig, MeasureConfig, Measurer, Program, ProgramState, Schedule  # noqa: E402
 from envs.mlir.config import available_cpus  # noqa: E402
+from envs.mlir.timing import sample_times, timed  # noqa: E402
 
 
 def _matmul(n):
@@ -133,14 +134,9 @@ CASES = {
 
 
 def _torch_time(fn, reps: int) -> float:
-    for _ in range(2):
-        fn()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+    """Timed as our worker times our code (`sample_times`, MeasureConfig's warm-up)."""
+    c = MeasureConfig
+    return statistics.median(sample_times(timed(fn), reps, c.warmup, c.warmup_s, c.min_sample_s))
 
 
 def torch_times(names, rounds: int, reps: int, threads: int) -> dict:
@@ -167,7 +163,7 @@ def bench_code(names, rounds: int, reps: int, threads: int) -> list:
         text, flops, sched = CASES[name]
         prog = Program.from_text(text, f"{name}.mlir")
         schedule = Schedule.parse(sched)
-        base_t, ours_t, torch_t, compile_s = [], [], [], []
+        base_t, ours_t, compile_s = [], [], []
         # No cache: every round compiles and times afresh.
         with Measurer(MeasureConfig(threads=threads, repetitions=reps, run_timeout_s=300)) as m:
             for _ in range(rounds):

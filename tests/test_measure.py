@@ -337,3 +337,40 @@ def test_cli_writes_transformed_module(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "vector.fma" in out.read_text() or "vector.outerproduct" in out.read_text()
     assert "@__transform_main" in (tmp_path / "out.mlir.transform.mlir").read_text()
+
+
+def test_sample_times_warms_up_for_a_time_then_batches_by_the_last_warm_call():
+    """`sample_times` on a stand-in call (a fake clock's callable, not a product part) whose
+    first calls are slow, as a CPU's are after a compile: it keeps calling until `warmup_s`
+    has passed, sizes each sample's batch by the last warm-up call, not the slow first."""
+    from envs.mlir.timing import sample_times
+    import time as _time
+    calls = []
+
+    def call():
+        s = 4e-3 if len(calls) < 3 else 1e-4  # three slow calls, then fast ones
+        calls.append(s)
+        _time.sleep(s)
+        return s
+
+    out = sample_times(call, repetitions=4, warmup=1, warmup_s=0.03, min_sample_s=1e-3)
+    assert out == pytest.approx([1e-4] * 4)
+    warm = len(calls) - 4 * 10  # each sample: 1 ms / 0.1 ms = 10 calls
+    assert warm >= 3 + (0.03 - 3 * 4e-3) / 2e-4  # ran on until 30 ms had passed (sleeps overshoot)
+    calls.clear()
+    # No warm-up time: `warmup` calls only (at least one), the batch judged by the last of them.
+    assert sample_times(call, repetitions=2, warmup=2, warmup_s=0.0, min_sample_s=1e-3) == [4e-3, 1e-4]
+    assert len(calls) == 2 + 2 * 1 and calls[:3] == [4e-3] * 3
+
+
+def test_a_measurement_warms_up_for_warmup_s():
+    """The worker times a real program after `warmup_s` of untimed calls (and the time cache's
+    fingerprint moved with the protocol: CODEGEN_VERSION 10)."""
+    from envs.mlir.compile import CODEGEN_VERSION
+    assert CODEGEN_VERSION >= 10
+    add = Program.from_text(ADD, "add.mlir")
+    with WorkerPool(threads=1) as pool:
+        quick = pool.run(_job(add, repetitions=1, warmup_s=0.0, min_sample_s=0.0), 60, 60)
+        slow = pool.run(_job(add, repetitions=1, warmup_s=0.3, min_sample_s=0.0), 60, 60)
+    assert quick["status"] == slow["status"] == "ok"
+    assert quick["run_s"] < 0.1 and slow["run_s"] >= 0.3

@@ -22,9 +22,10 @@ from .program import DTYPES, TensorType
 
 HARNESS = "__rl_harness"
 
-CODEGEN_VERSION = 9
+CODEGEN_VERSION = 10
 """Part of the time cache's fingerprint: bump it whenever the code a given schedule
-compiles to changes (this pipeline, the harness, the transform script's epilogue), so
+compiles to changes (this pipeline, the harness, the transform script's epilogue), or how
+it is timed, so
 that no cached time of older code is reused.  2: results computed in place into the
 caller's buffers (`eliminate-empty-tensors`) instead of a fresh allocation and a copy,
 and generic contractions made into vector.contract right after vectorization
@@ -34,7 +35,8 @@ chunks (threads share evenly) over the outermost one.  5: R computes the fill of
 its forall and kernels (`R.fill_fusion`).  6: R's forall chunks hold whole kernels where they can.  7: no fill in R's kernels without a forall.  8: inputs and outputs in cache-line-aligned
 buffers (`ALIGN`), and kernels' strided reads prefetched (`_prefetch_strided_reads`).  9: a worker's
 OpenMP threads sleep 1 ms after a parallel region (worker.py: no spinning into the next
-measurement of another process)."""
+measurement of another process).  10: warm-up for `MeasureConfig.warmup_s` (20 ms) before the
+timed samples, not one call (`timing.sample_times`)."""
 
 
 def pipeline(parallel: bool) -> Tuple[str, str]:

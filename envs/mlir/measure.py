@@ -153,6 +153,7 @@ class Measurer:
         job = {"program": program.text, "func": program.func_name, "inputs": program.inputs,
                "outputs": program.outputs, "script": script.text if script else None,
                "parallel": bool(script and script.parallel), "repetitions": c.repetitions, "warmup": c.warmup,
+               "warmup_s": c.warmup_s,
                "min_sample_s": c.min_sample_s, "seed": c.seed, "reference": reference,
                "want_output": want_output, "rtol": c.rtol, "atol": c.atol, "opt_level": c.opt_level}
         res = self._run(job)

@@ -29,6 +29,8 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any, Dict
 
+from .timing import sample_times
+
 # Statuses of a measurement: the one list (docs/MLIR_LAYER.md explains each).  Only OK
 # counts as a speedup; INTERNAL_ERROR is a bug of this harness (never cached, never the
 # schedule's fault); the others are the schedule's failures.
@@ -106,11 +108,8 @@ def _measure(job: Dict[str, Any], conn, openmp) -> Dict[str, Any]:
 def _time_and_check(job: Dict[str, Any], cc, engine, compile_s: float, transform_s: float) -> Dict[str, Any]:
     runner = cc.Runner(engine, cc.make_inputs(job["inputs"], job.get("seed", 0)), job["outputs"])
     t_run = time.perf_counter()
-    first = runner.run()  # warm-up; a sub-millisecond program is timed in batches of calls
-    for _ in range(job.get("warmup", 1) - 1):
-        runner.run()
-    batch = max(1, min(1000, int(job.get("min_sample_s", 1e-3) / max(first, 1e-9))))
-    times = [sum(runner.run() for _ in range(batch)) / batch for _ in range(job.get("repetitions", 5))]
+    times = sample_times(runner.run, job.get("repetitions", 5), job.get("warmup", 1), job.get("warmup_s", 0.0),
+                         job.get("min_sample_s", 1e-3))
     out: Dict[str, Any] = {"status": OK, "time_s": statistics.median(times), "times": times,
                            "compile_s": compile_s, "transform_s": transform_s,
                            "run_s": time.perf_counter() - t_run, "message": ""}

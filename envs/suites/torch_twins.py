@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from ..mlir.config import MeasureConfig
+from ..mlir.timing import sample_times, timed
 
 FAMILY_GEN = {"matmul": "matmul", "matmul_bias_relu": "matmul_bias_relu", "batch_matmul": "batch_matmul",
               "conv2d": "conv2d", "conv_bias_relu": "conv2d", "depthwise_conv": "depthwise_conv",
@@ -108,32 +110,24 @@ def torch_twin(row: Dict, inputs: Sequence[np.ndarray]) -> TorchTwin:
     raise ValueError(f"{row['name']}: no PyTorch twin for family {family!r}")
 
 
-def time_torch(twin: TorchTwin, threads: int, repetitions: int = 5, min_sample_s: float = 1e-3) -> float:
-    """Median seconds of one call with `threads` intra-op threads, timed as our
-    worker times our code: warm-up, then samples of enough calls to fill
-    `min_sample_s` (up to 1000). With a layout variant, the faster one."""
+def time_torch(twin: TorchTwin, threads: int, repetitions: int = 5, min_sample_s: float = MeasureConfig.min_sample_s,
+               warmup_s: float = MeasureConfig.warmup_s) -> float:
+    """Median seconds of one call with `threads` intra-op threads, timed as our worker
+    times our code (`envs.mlir.timing.sample_times`: warm-up calls for `warmup_s`, then
+    samples of enough calls to fill `min_sample_s`). With a layout variant, the faster one."""
     if twin.alt is not None:
-        return min(_time(twin, threads, repetitions, min_sample_s), _time(twin.alt, threads, repetitions, min_sample_s))
-    return _time(twin, threads, repetitions, min_sample_s)
+        return min(_time(twin, threads, repetitions, min_sample_s, warmup_s),
+                   _time(twin.alt, threads, repetitions, min_sample_s, warmup_s))
+    return _time(twin, threads, repetitions, min_sample_s, warmup_s)
 
 
-def _time(twin: TorchTwin, threads: int, repetitions: int, min_sample_s: float) -> float:
+def _time(twin: TorchTwin, threads: int, repetitions: int, min_sample_s: float, warmup_s: float) -> float:
     import torch
     torch.set_num_threads(threads)
     with torch.inference_mode():
-        for _ in range(2):
-            twin.fn(*twin.args)
-        t = time.perf_counter()
-        twin.fn(*twin.args)
-        first = time.perf_counter() - t
-        batch = max(1, min(1000, int(min_sample_s / max(first, 1e-9))))
-        samples = []
-        for _ in range(repetitions):
-            t = time.perf_counter()
-            for _ in range(batch):
-                twin.fn(*twin.args)
-            samples.append((time.perf_counter() - t) / batch)
-    return statistics.median(samples)
+        return statistics.median(sample_times(timed(lambda: twin.fn(*twin.args)), repetitions,
+                                              warmup=MeasureConfig.warmup, warmup_s=warmup_s,
+                                              min_sample_s=min_sample_s))
 
 
 def run_twin(twin: TorchTwin) -> List[np.ndarray]:
