@@ -42,19 +42,31 @@ class SearchResult:
         return out[:n]
 
 
-def remeasured_best(measurer, program: Program, schedules: Sequence[str], baseline=None):
+def remeasured_best(measurer, program: Program, schedules: Sequence[str], baseline=None, rounds: int = 1):
     """(schedule, measurement) of the fastest of `schedules` measured again by `measurer` (from
     scratch when it keeps no cache; each result checked).  A best-of-k picked on one measurement
     each favours the luckiest: on a microsecond program random search's best of 256, measured
     again, ran slower than its own best of 8 (run G).  So the best few (`top_of`) are measured
-    again and the fastest correct one is kept; when none is correct now, the first with its
-    failure (the failure is reported, not hidden).  ("", the untransformed program's measurement:
-    `baseline` when the caller has it, so that it is not run again) when there is none."""
+    again, `rounds` times in turn (`interleaved`; the median counts), and the fastest correct in
+    every round is kept; when none is, the first with its failure (the failure is reported, not
+    hidden).  ("", the untransformed program's measurement: `baseline` when the caller has it, so
+    that it is not run again) when there is none."""
     if not schedules:
         return "", baseline if baseline is not None else measurer.baseline(program)
-    runs = [(s, measurer.measure(program, Schedule.parse(s))) for s in schedules]
-    ok = [r for r in runs if r[1].ok]
-    return min(ok, key=lambda r: r[1].time_s) if ok else runs[0]
+    runs = interleaved(measurer, program, {s: s for s in schedules}, max(1, rounds))
+    ok = {s: _median(ms) for s, ms in runs.items() if all(m.ok for m in ms)}
+    if not ok:
+        first = schedules[0]
+        return first, next(m for m in runs[first] if not m.ok)
+    best = min(ok, key=lambda s: ok[s].time_s)
+    return best, ok[best]
+
+
+def _median(ms: list):
+    """One measurement of several (all ok) whose time is their median (the first itself when alone)."""
+    if len(ms) == 1:
+        return ms[0]
+    return dataclasses.replace(ms[0], time_s=float(np.median([m.time_s for m in ms])))
 
 
 def interleaved(measurer, program: Program, schedules: Dict[str, str], rounds: int) -> Dict[str, list]:
@@ -80,8 +92,7 @@ def timed_in_rounds(measurer, program: Program, picks: Dict[str, tuple], rounds:
     out = {}
     for k, (_, m) in picks.items():
         bad = [x for x in runs.get(k, []) if not x.ok] or ([] if m.ok else [m])
-        out[k] = bad[0] if bad else dataclasses.replace(
-            runs[k][0], time_s=float(np.median([x.time_s for x in runs[k]])))
+        out[k] = bad[0] if bad else _median(runs[k])
     return out
 
 

@@ -291,6 +291,10 @@ def test_remeasured_best_keeps_the_fastest_correct_and_interleaved_times_picks_i
     assert f.asked == [a, b] * 3  # the failed pick is not timed again
     assert timed["x"].ok and timed["x"].time_s == 2e-3 and timed["x"].schedule == a  # the median, not its 9 ms
     assert timed["y"].status == "timeout" and timed["z"].status == "wrong_result"
+    # remeasured_best in rounds: the fastest median, not the luckiest single run; one failed round rules out.
+    f = RoundsMeasurer({a: [1e-3, 5e-3, 5e-3], b: [2e-3, 2e-3, 2e-3], c: [1e-4, None, 1e-4]})
+    chosen, m = remeasured_best(f, program, [a, b, c], rounds=3)
+    assert f.asked == [a, b, c] * 3 and chosen == b and m.time_s == 2e-3
 
 
 @pytest.mark.parametrize("split", ["train", "eval"])
