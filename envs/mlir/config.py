@@ -163,7 +163,7 @@ class MeasureConfig:
     """Untimed runs before the timed ones (at least one is always made)."""
     warmup_s: float = 0.02
     """...and untimed runs until this long after the first began: the first calls after a
-    compile run up to 2.7x slower than the steady ones (`envs.mlir.timing`)."""
+    compile run slower than the steady ones, the first 1.7-8.3x (`envs.mlir.timing`)."""
     min_sample_s: float = 1e-3
     """A timed sample of a faster program averages as many calls as fill this (up to 1000)."""
     threads: int = field(default_factory=available_cpus)
