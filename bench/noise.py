@@ -110,7 +110,7 @@ def main() -> int:
                                             c.opt_level, cc.find_openmp())
         kept = cc.Runner(eng, cc.make_inputs(program.inputs, c.seed), program.outputs)
         got = {"same buffers": [], "fresh buffers": [], "fresh huge pages": []}
-        plain = cc.aligned_empty
+        plain = cc.aligned_empty  # make_inputs and Runner allocate through it: swapped per kind, restored after
         try:
             for _ in range(args.rounds):
                 for kind in got:
