@@ -132,20 +132,22 @@ def main() -> int:
         placement[name] = got
         print(f"placement {name} done", flush=True)
 
+    # Per case, one series per column: each estimator over the worker's rounds, then each kind of buffers.
+    series = {name: {**{e: [f(x) for x in worker[name]] for e, f in estimators.items()}, **placement[name]}
+              for name, *_ in cases}
+    head = list(series[cases[0][0]])
     out = []
-    head = list(estimators) + list(next(iter(placement.values())))
     print(f"\np90/p10 over {args.rounds} rounds (max/min)")
     print(f"{'case':<40}" + "".join(f"{h:>19}" for h in head))
     for name, sched, *_ in cases:
-        row = {"benchmark": name, "schedule": sched,
-               "worker": {e: spread([f(x) for x in worker[name]]) for e, f in estimators.items()},
-               "placement": {kind: spread(v) for kind, v in placement[name].items()},
-               "worker_samples": worker[name], "placement_times": placement[name]}
-        out.append(row)
-        cells = list(row["worker"].values()) + list(row["placement"].values())
-        print(f"{name[:39]:<40}" + "".join(f"{s['p90_over_p10']:>11.2f} ({s['max_over_min']:4.2f})" for s in cells))
-    med = {h: statistics.median((list(o["worker"].values()) + list(o["placement"].values()))[i]["p90_over_p10"]
-                                for o in out) for i, h in enumerate(head)}
+        cells = {h: spread(v) for h, v in series[name].items()}
+        out.append({"benchmark": name, "schedule": sched,
+                    "worker": {e: cells[e] for e in estimators},
+                    "placement": {kind: cells[kind] for kind in placement[name]},
+                    "worker_samples": worker[name], "placement_times": placement[name]})
+        print(f"{name[:39]:<40}"
+              + "".join(f"{c['p90_over_p10']:>11.2f} ({c['max_over_min']:4.2f})" for c in cells.values()))
+    med = {h: statistics.median(spread(series[name][h])["p90_over_p10"] for name, *_ in cases) for h in head}
     print(f"{'median p90/p10':<40}" + "".join(f"{v:>19.2f}" for v in med.values()))
     print(f"huge pages in use while a huge-page buffer set was live: {huge_kb} kB")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
@@ -156,14 +158,11 @@ def main() -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(10, 5))
-    kinds = head
-    for i, o in enumerate(out):
-        series = [[f(x) for x in worker[o["benchmark"]]] for f in estimators.values()]
-        series += list(placement[o["benchmark"]].values())
-        for j, v in enumerate(series):
+    for i, (name, *_) in enumerate(cases):
+        for j, (h, v) in enumerate(series[name].items()):
             mid = statistics.median(v)
-            x = i + (j - len(series) / 2) * 0.1
-            ax.scatter([x] * len(v), [t / mid for t in v], s=6, color=f"C{j}", label=kinds[j] if i == 0 else None)
+            x = i + (j - len(head) / 2) * 0.1
+            ax.scatter([x] * len(v), [t / mid for t in v], s=6, color=f"C{j}", label=h if i == 0 else None)
     ax.set_xticks(range(len(out)))
     ax.set_xticklabels([o["benchmark"][:22] for o in out], rotation=30, ha="right", fontsize=7)
     ax.set_yscale("log")
