@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from envs import ActionLayout
-from envs.mlir import (ACTIONS, NT, TF, TP, ActionConfig, T, FeatureConfig, FeatureLayout, Program, ProgramState, Schedule,
-                       build_script, write_transformed)
+from envs.mlir import (ACTIONS, NT, TF, TP, ActionConfig, T, FeatureConfig, FeatureLayout, MeasureConfig, Measurer,
+                       Program, ProgramState, Schedule, build_script, write_transformed)
 from envs.mlir.actions.rewrite import P
 from envs.mlir.errors import ScheduleError
 from conftest import MATMUL
@@ -276,6 +276,31 @@ def test_register_tile_geometry_and_masks(programs):
     assert lay.decode(vec, lay.masks(s), s) == a
     hist = FeatureLayout(FeatureConfig(), cfg).action_history(after)
     assert hist[ACTIONS.index(R)] == 1
+
+
+def test_register_tile_of_three_vectors_is_split_into_native_vectors(programs, tmp_path):
+    """A kernel whose vector count is not a power of two (3: LLVM widens a 24-lane vector and
+    takes it apart every step) is tiled into native vectors inside the reduction loop, and that
+    loop is unrolled before the hoisting: the reduction loop carries three rows x 8 accumulators
+    and no 24-lane vector; a 2-vector remainder is left whole; the result is right."""
+    avx2 = ActionConfig(vector_width=8)
+    p = programs["matmul"]  # 24x40, k = 32: a 24-column kernel and a 16-column remainder
+    schedule = Schedule.parse("operation_1: R(4,24,2)")
+    script = build_script(p, schedule, avx2)
+    assert script.text.count("tile_sizes [0, 8, 0]") == 1  # the 3-vector piece only
+    assert 'rl_loop = "operation_1.a0.v3"' in script.text and "{factor = 3}" in script.text
+    out = tmp_path / "t.mlir"
+    write_transformed(p, script, str(out))
+    ir = out.read_text()
+    k_loops = [line for line in ir.splitlines() if "scf.for" in line and "iter_args" in line]
+    assert any(line.split("->")[-1].count("vector<4x8xf32>") == 3 for line in k_loops), k_loops
+    assert any(line.split("->")[-1].count("vector<4x16xf32>") == 1 for line in k_loops)  # the remainder
+    assert "vector<24xf32>" not in ir
+    with Measurer(MeasureConfig(threads=2, repetitions=1, cache_dir="", compile_timeout_s=60,
+                                run_timeout_s=30), avx2) as m:
+        r = m.evaluate(p, schedule)
+    assert r.measurement.status == "ok", r.measurement.message
+    assert r.measurement.max_error is not None
 
 
 def test_register_tile_reduction_block(programs):

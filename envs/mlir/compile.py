@@ -22,7 +22,7 @@ from .program import DTYPES, TensorType
 
 HARNESS = "__rl_harness"
 
-CODEGEN_VERSION = 10
+CODEGEN_VERSION = 11
 """Part of the time cache's fingerprint: bump it whenever the code a given schedule
 compiles to changes (this pipeline, the harness, the transform script's epilogue), or how
 it is timed, so
@@ -36,7 +36,8 @@ its forall and kernels (`R.fill_fusion`).  6: R's forall chunks hold whole kerne
 buffers (`ALIGN`), and kernels' strided reads prefetched (`_prefetch_strided_reads`).  9: a worker's
 OpenMP threads sleep 1 ms after a parallel region (worker.py: no spinning into the next
 measurement of another process).  10: warm-up for `MeasureConfig.warmup_s` (20 ms) before the
-timed samples, not one call (`timing.sample_times`)."""
+timed samples, not one call (`timing.sample_times`).  11: R's kernels with a number of vectors that is not
+a power of two split into native vectors (`R.emit_native_split`)."""
 
 
 def pipeline(parallel: bool) -> Tuple[str, str]:

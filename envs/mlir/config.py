@@ -89,11 +89,14 @@ class ActionConfig:
     vector_width: int = 0
     """f32 lanes of the vector unit the candidates follow (0: the host's: AVX-512 16, AVX2 8)."""
     register_tiles: Tuple[Tuple[int, int], ...] = (
-        (1, 1), (1, 4), (2, 2), (2, 4), (4, 1), (4, 2), (4, 4), (6, 1), (6, 2), (6, 4), (8, 1), (8, 2),
-        (12, 2), (14, 2))
+        (1, 1), (1, 4), (2, 2), (2, 3), (2, 4), (4, 1), (4, 2), (4, 3), (4, 4), (6, 1), (6, 2), (6, 4),
+        (8, 1), (8, 2), (8, 3), (12, 2), (14, 2))
     """R's choices: (rows, vectors) of the output held in registers (those exceeding the host's
-    vector registers are masked).  Whole powers of two of vectors only: 3 vectors (48 lanes)
-    measured 10x slower than 2 or 4 (matmul, AVX-512). Chosen on matmuls of bench/ and the
+    vector registers are masked).  3 vectors since R splits them into native vectors
+    (`R.emit_native_split`; left whole they ran 2-4x slower): 4x3 fills AVX2's 16 registers
+    with no row tail on 8, 16 or 32 rows; on training matmuls (bench/register_tiles.py) it was
+    the best tile on bert_base_ffn_output and within 8-23% of the best on three others.  8x3 is
+    AVX-512's, not measured (no AVX-512 machine here).  Chosen on matmuls of bench/ and the
     training split only (a (16, 1) once added after looking at an eval program was removed)."""
     register_kc: Tuple[int, ...] = (0, 32, 64, 128, 256)
     """R's reduction blocks (0: none; a block must divide the loop).  Blocks whose slice of B

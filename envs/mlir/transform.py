@@ -42,6 +42,7 @@ class ScriptBuilder:
         self.pieces: List[str] = []
         self.vectorized = False
         self.unrolls: List[Tuple[str, int]] = []
+        self.full_unrolls: List[Tuple[str, int]] = []
 
     def fresh(self, stem: str = "h") -> str:
         self.n += 1
@@ -96,6 +97,21 @@ class ScriptBuilder:
     def unroll_later(self, loop_id: str, factor: int) -> None:
         self.unrolls.append((loop_id, factor))
 
+    def unroll_fully(self, loop_id: str, trips: int) -> None:
+        """Unroll a loop of `trips` iterations completely, before the epilogue hoists loop-invariant
+        reads and writes (the pieces it makes are then each a subset of their own to hoist)."""
+        if (loop_id, trips) not in self.full_unrolls:
+            self.full_unrolls.append((loop_id, trips))
+
+    def _unroll(self, loop_id: str, factor: int) -> None:
+        u = self.fresh("u")
+        self.add(f'{u} = transform.structured.match ops{{["scf.for"]}} attributes {{rl_loop = "{loop_id}"}} '
+                 f"in %root : ({ANY}) -> {ANY}")
+        self.add(f"transform.foreach {u} : {ANY} {{")
+        self.add(f"^bb0(%loop: {ANY}):")
+        self.add(f"  transform.loop.unroll %loop {{factor = {factor}}} : {ANY}")
+        self.add("}")
+
     def epilogue(self) -> None:
         self.canonicalize()
         if self.vectorized:
@@ -126,6 +142,8 @@ class ScriptBuilder:
             self.add("  transform.apply_patterns.vector.lower_shape_cast")
             self.add("  transform.apply_patterns.vector.lower_transfer max_transfer_rank = 1")
             self.add(f"}} : {ANY}")
+            for loop_id, trips in self.full_unrolls:
+                self._unroll(loop_id, trips)
             self.canonicalize()
             loops = self.fresh("k")
             self.add(f'{loops} = transform.structured.match ops{{["scf.for"]}} in %root : ({ANY}) -> {ANY}')
@@ -134,13 +152,7 @@ class ScriptBuilder:
             self.add(f"  transform.loop.hoist_loop_invariant_subsets %loop : {ANY}")
             self.add("}")
         for loop_id, factor in self.unrolls:
-            u = self.fresh("u")
-            self.add(f'{u} = transform.structured.match ops{{["scf.for"]}} attributes {{rl_loop = "{loop_id}"}} '
-                     f"in %root : ({ANY}) -> {ANY}")
-            self.add(f"transform.foreach {u} : {ANY} {{")
-            self.add(f"^bb0(%loop: {ANY}):")
-            self.add(f"  transform.loop.unroll %loop {{factor = {factor}}} : {ANY}")
-            self.add("}")
+            self._unroll(loop_id, factor)
 
 
 _HEADER = ("module attributes {transform.with_named_sequence} {\n"

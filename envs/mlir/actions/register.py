@@ -45,6 +45,10 @@ from .tiling import TP, Forall, T, Tiling
 CHUNKS = 16
 """Most chunks of R's forall: enough for the threads of one CPU socket, few remainders."""
 
+NATIVE_SPLIT = True
+"""Whether R splits kernels of 3, 5, 6... vectors into native vectors (`R.emit_native_split`);
+bench/register_tiles.py turns it off to measure what the split gains."""
+
 
 def _plain(row) -> Optional[int]:
     """The loop a plain access row reads (one coefficient 1), else None."""
@@ -310,6 +314,32 @@ class R(Action):
                  np.array([self.unroll_choices(cfg).index(self.unroll)], np.int64),
                  np.array([cfg.register_kc.index(self.kc)], np.int64)]]
 
+    @classmethod
+    def emit_native_split(cls, b, tiled: OpState, w: int) -> None:
+        """Split each kernel piece whose vector loop holds a number of vectors that is not a power
+        of two (3, 5, 6...) into native vectors of `w` lanes: a loop inside the reduction loops,
+        which the epilogue unrolls fully before it hoists the accumulators, so that each is a
+        rows x w vector.  Left whole, a 3-vector row is LLVM's <24 x float>, which it widens to
+        <32 x float> and takes apart into scalars on every step of the reduction (a 4x3-vector
+        kernel ran 2.3x slower than split, on vgg_16_fc7_batch_8); powers of two split cleanly
+        in LLVM already (6x2 ran the same either way)."""
+        if not NATIVE_SPLIT:
+            return
+        n, _ = cls.geometry(tiled)
+        for i, (handle, piece) in enumerate(zip(b.pieces, tiled.pieces)):
+            cols = piece[n]
+            v = cols // w
+            if cols % w or v & (v - 1) == 0:  # a partial vector, or a power of two (1 included)
+                continue
+            t, loop = b.fresh("t"), b.fresh("l")
+            sizes = ", ".join(str(w if d == n else 0) for d in range(tiled.num_loops))
+            b.add(f"{t}, {loop} = transform.structured.tile_using_for {handle} tile_sizes [{sizes}] : "
+                  f"({ANY}) -> ({ANY}, {ANY})")
+            loop_id = f"{tiled.op.tag}.a{len(tiled.actions)}.v{v}"
+            b.annotate(loop, "rl_loop", loop_id)
+            b.unroll_fully(loop_id, v)
+            b.pieces[i] = t
+
     # --- ActionHistory ----------------------------------------------------------------
     @classmethod
     def history_size(cls, max_loops):
@@ -344,6 +374,7 @@ class R(Action):
         tiled = self.tiled(s)
         if kernel_fill:  # before the op's own vectorize, whose contraction patterns then see both
             b.add(f"transform.structured.vectorize {b.match_tag(s.init_fill)} : {ANY}")
+        self.emit_native_split(b, tiled, ctx.cfg.register_width)
         V().emit(b, tiled, ctx)
         if self.unroll > 1:
             b.unroll_later(U.target(tiled)[1], self.unroll)
