@@ -2,13 +2,18 @@
 
 On matmuls of the training split (never the eval split: this chooses R's register tiles):
 every register tile R offers for the op on this host (`ActionConfig.register_tiles`, those
-fitting the vector registers), each as `R(rows, columns, --unroll, --kc)`, measured through
+fitting the vector registers), each as `R(rows, columns, --unroll, --kc)` (a smaller unroll
+where the reduction is shorter, no kc where it does not divide), measured through
 the real worker (fresh compile, result checked, no cache) `--rounds` times, all variants in
 turn each round; the median counts.  Tiles of 3 vectors are measured a second time with R's
 split into native vectors turned off (`register.NATIVE_SPLIT`), to show what the split gains.
+With `--forall`, instead, only the tiles whose forall (`R.parallel`) the older rule ("outermost":
+the outermost loop of enough chunks) puts on another loop than today's ("least_data"), under
+both rules (`register.FORALL_RULE`; the older labelled "outermost").
 
     python bench/register_tiles.py                  # four training matmuls, 5 rounds (~8 min)
     python bench/register_tiles.py --only vgg_16_fc7_batch_8 --rounds 3
+    python bench/register_tiles.py --forall --only <programs>   # the two forall rules
 Writes bench/results/register_tiles.json, prints a table (us, % of the FMA peak, time over the
 program's best tile) and draws bench/results/register_tiles.png.
 """
@@ -35,6 +40,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--unroll", type=int, default=4)
     ap.add_argument("--kc", type=int, default=256, help="R's reduction block (0: none)")
+    ap.add_argument("--forall", action="store_true", help="also the older forall rule where it differs")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "register_tiles.json"))
     args = ap.parse_args()
     from envs.mlir import ActionConfig, MeasureConfig, Measurer, Program, ProgramState, Schedule
@@ -49,7 +55,7 @@ def main() -> int:
     cfg = ActionConfig()
     w = cfg.register_width
     peak = fma_peak(args.threads)["gflops"]
-    cases = []  # (program name, label, program, schedule, split on)
+    cases = []  # (program name, label, program, schedule, split on, forall rule)
     flops = {}  # the contraction's (the fill's are few)
     for name in args.only:
         program = Program.from_text(rows[name].mlir, name)
@@ -63,31 +69,44 @@ def main() -> int:
             if not ok:
                 continue
             k = R.kernel(cfg, rows_, vectors, s)
-            a = R(k.rows, k.cols, args.unroll, args.kc if R.kc_problem(s, args.kc) is None else 0)
-            if a.check(s, cfg):
+            kc = args.kc if R.kc_problem(s, args.kc) is None else 0
+            # the largest unroll up to --unroll that the innermost reduction allows (a 3-wide window: 2)
+            a = next((R(k.rows, k.cols, u, kc) for u in sorted(R.unroll_choices(cfg), reverse=True)
+                      if u <= args.unroll and R(k.rows, k.cols, u, kc).check(s, cfg) is None), None)
+            if a is None:
                 continue
             sched = Schedule.parse(f"{s.op.tag}: {a}")
             label = f"{rows_}x{vectors}"
-            cases.append((name, label, program, sched, True))
+            if args.forall:  # only the tiles whose forall the two rules put on different loops
+                register.FORALL_RULE = "outermost"
+                try:
+                    older = a.parallel(s)
+                finally:
+                    register.FORALL_RULE = "least_data"
+                if older is not None and older.sizes != a.parallel(s).sizes:
+                    cases.append((name, label, program, sched, True, "least_data"))
+                    cases.append((name, label + " outermost", program, sched, True, "outermost"))
+                continue
+            cases.append((name, label, program, sched, True, register.FORALL_RULE))
             if vectors & (vectors - 1):
-                cases.append((name, label + " unsplit", program, sched, False))
+                cases.append((name, label + " unsplit", program, sched, False, register.FORALL_RULE))
     times = {(c[0], c[1]): [] for c in cases}
     t0 = time.perf_counter()
     with Measurer(MeasureConfig(threads=args.threads, cache_dir="")) as m:
         for r in range(args.rounds):
-            for name, label, program, sched, split in cases:
-                register.NATIVE_SPLIT = split
+            for name, label, program, sched, split, rule in cases:
+                register.NATIVE_SPLIT, register.FORALL_RULE = split, rule
                 try:
                     res = m.measure(program, sched)
                 finally:
-                    register.NATIVE_SPLIT = True
+                    register.NATIVE_SPLIT, register.FORALL_RULE = True, "least_data"
                 if not res.ok:
                     raise SystemExit(f"{name} {sched}: {res.status}: {res.message[:300]}")
                 times[(name, label)].append(res.time_s)
             print(f"round {r + 1}/{args.rounds} ({time.perf_counter() - t0:.0f} s)", flush=True)
     out = {"threads": args.threads, "fma_peak_gflops": peak, "unroll": args.unroll, "kc": args.kc,
            "rounds": args.rounds, "vector_width": w, "programs": {}}
-    for name, label, program, sched, _ in cases:
+    for name, label, program, sched, *_ in cases:
         t = statistics.median(times[(name, label)])
         out["programs"].setdefault(name, {"flops": flops[name], "tiles": {}})["tiles"][label] = {
             "schedule": str(sched), "time_s": t, "peak_fraction": flops[name] / t / 1e9 / peak,
@@ -96,7 +115,7 @@ def main() -> int:
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)
     print(f"\nFMA peak {peak:.0f} GFLOP/s, {args.threads} thread(s), vector<{w}xf32>; "
-          f"R(rows, columns, {args.unroll}, {args.kc}); median of {args.rounds} rounds")
+          f"R(rows, columns, {args.unroll}, {args.kc}) or the nearest valid; median of {args.rounds} rounds")
     for name, entry in out["programs"].items():
         best = min(v["time_s"] for v in entry["tiles"].values())
         print(f"\n{name}  ({entry['flops'] / 1e6:.0f} MFLOP)")

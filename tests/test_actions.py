@@ -303,6 +303,42 @@ def test_register_tile_of_three_vectors_is_split_into_native_vectors(programs, t
     assert r.measurement.max_error is not None
 
 
+def _matmul(m: int, k: int, n: int) -> Program:
+    a, b, c = f"tensor<{m}x{k}xf32>", f"tensor<{k}x{n}xf32>", f"tensor<{m}x{n}xf32>"
+    return Program.from_text(f"""func.func @mm(%a: {a}, %b: {b}) -> {c} {{
+  %z = arith.constant 0.0 : f32
+  %e = tensor.empty() : {c}
+  %f = linalg.fill ins(%z : f32) outs(%e : {c}) -> {c}
+  %r = linalg.matmul ins(%a, %b : {a}, {b}) outs(%f : {c}) -> {c}
+  return %r : {c}
+}}""", f"mm_{m}x{k}x{n}.mlir")
+
+
+def test_register_forall_splits_the_operand_that_is_larger(measurer):
+    """R's own forall goes over the loop, among those of enough chunks, whose chunk touches the
+    fewest elements: a wide B is split by columns (each chunk reads a slice of B and all of the
+    small A), a tall A by rows.  The older rule (the outermost loop of enough chunks) took the
+    rows of the wide one, every chunk reading all of B.  The column forall runs correctly."""
+    from envs.mlir.actions import register
+    cfg = ActionConfig(vector_width=8)
+    wide, tall = _matmul(32, 64, 512), _matmul(512, 64, 128)
+    kernel = R(4, 16, 1)
+    s = ProgramState(wide, cfg).current
+    assert s.op.name == "linalg.matmul"
+    # rows: 8 chunks of 4 rows, each touching 4x64 + 64x512 + 4x512; columns: 16 of 32 columns
+    assert register._chunk_elements(s, 0, 4) == 256 + 32768 + 2048
+    assert register._chunk_elements(s, 1, 32) == 2048 + 2048 + 1024
+    assert kernel.parallel(s).sizes == (0, 32, 0)
+    assert kernel.parallel(ProgramState(tall, cfg).current).sizes == (32, 0, 0)
+    register.FORALL_RULE = "outermost"
+    try:
+        assert kernel.parallel(s).sizes == (4, 0, 0)
+    finally:
+        register.FORALL_RULE = "least_data"
+    r = measurer.evaluate(wide, Schedule.parse("operation_1: R(4,16,1)"))
+    assert r.measurement.status == "ok", r.measurement.message
+
+
 def test_register_tile_reduction_block(programs):
     """R's kc splits the longest reduction loop into blocks outside the kernels (inside R's
     forall); the kernel's reduction then runs kc times; only blocks dividing the loop are

@@ -22,7 +22,7 @@ from .program import DTYPES, TensorType
 
 HARNESS = "__rl_harness"
 
-CODEGEN_VERSION = 11
+CODEGEN_VERSION = 12
 """Part of the time cache's fingerprint: bump it whenever the code a given schedule
 compiles to changes (this pipeline, the harness, the transform script's epilogue), or how
 it is timed, so
@@ -37,7 +37,8 @@ buffers (`ALIGN`), and kernels' strided reads prefetched (`_prefetch_strided_rea
 OpenMP threads sleep 1 ms after a parallel region (worker.py: no spinning into the next
 measurement of another process).  10: warm-up for `MeasureConfig.warmup_s` (20 ms) before the
 timed samples, not one call (`timing.sample_times`).  11: R's kernels with a number of vectors that is not
-a power of two split into native vectors (`R.emit_native_split`)."""
+a power of two split into native vectors (`R.emit_native_split`).  12: R's forall over the loop whose chunk
+touches the fewest elements among those of enough chunks, not the outermost (`R.parallel`)."""
 
 
 def pipeline(parallel: bool) -> Tuple[str, str]:

@@ -45,6 +45,10 @@ from .tiling import TP, Forall, T, Tiling
 CHUNKS = 16
 """Most chunks of R's forall: enough for the threads of one CPU socket, few remainders."""
 
+FORALL_RULE = "least_data"
+"""How `R.parallel` picks its loop among those of enough chunks: "least_data" (the chunk that
+reads and writes the fewest elements) or "outermost" (before codegen version 12)."""
+
 NATIVE_SPLIT = True
 """Whether R splits kernels of 3, 5, 6... vectors into native vectors (`R.emit_native_split`);
 bench/register_tiles.py turns it off to measure what the split gains."""
@@ -89,32 +93,36 @@ class R(Action):
         return tuple(self.cols if d == n else self.rows if d == m else 1 for d in range(s.num_loops))
 
     def parallel(self, s: OpState) -> Optional[TP]:
-        """The forall R puts around its kernels when it is the op's first tiling: over the
-        outermost parallel loop (the vector loop last) that makes at least CHUNKS / 2 chunks,
-        else the one that makes the most, in at most CHUNKS chunks (each the smallest divisor of
-        the bound that holds a kernel: >= rows on the row loop, >= cols on the vector loop, and a
-        whole number of kernels where one is, so that no chunk ends in a narrow remainder kernel:
-        768 columns of 32-wide kernels in chunks of 48 ran every third kernel one vector wide), so
-        that a kernel's remainder is rare and threads share evenly (3 chunks on 2 threads left a
-        3x3 conv 15% slower than 8)."""
+        """The forall R puts around its kernels when it is the op's first tiling: over one
+        parallel loop, in at most CHUNKS chunks (each the smallest divisor of the bound that holds
+        a kernel: >= rows on the row loop, >= cols on the vector loop, and a whole number of
+        kernels where one is, so that no chunk ends in a narrow remainder kernel: 768 columns of
+        32-wide kernels in chunks of 48 ran every third kernel one vector wide).  Among the loops
+        that make at least CHUNKS / 2 chunks (threads share evenly: 3 chunks on 2 threads left a
+        3x3 conv 15% slower than 8), the one whose chunk reads and writes the fewest elements
+        (`_chunk_elements`: a matmul's rows when A is the larger operand, its columns when B is);
+        without one, the loop that makes the most chunks."""
         if s.parallel or s.tiled:
             return None
         n, m = self.geometry(s)
         it = s.iterator_types
-        best = None  # (chunks, loop, size)
+        cands = []  # (chunks, loop, size)
         for d in [d for d in range(s.num_loops) if it[d] == "parallel" and d != n] + [n]:
             b = s.bounds[d]
             kernel = self.rows if d == m else self.cols if d == n else 1
             fits = [k for k in range(max(1, kernel, -(-b // CHUNKS)), b + 1) if b % k == 0]
             size = next((k for k in fits if k % kernel == 0), fits[0] if fits else b)
-            chunks = b // size
-            if chunks >= CHUNKS // 2:
-                best = (chunks, d, size)
-                break
-            if chunks > 1 and (best is None or chunks > best[0]):
-                best = (chunks, d, size)
-        if best is None:
+            if b // size > 1:
+                cands.append((b // size, d, size))
+        if not cands:
             return None
+        enough = [c for c in cands if c[0] >= CHUNKS // 2]
+        if FORALL_RULE == "outermost":
+            best = enough[0] if enough else max(cands, key=lambda c: c[0])
+        elif enough:
+            best = min(enough, key=lambda c: _chunk_elements(s, c[1], c[2]))
+        else:
+            best = max(cands, key=lambda c: c[0])
         _, d, size = best
         return TP(tuple(size if e == d else 0 for e in range(s.num_loops)))
 
@@ -378,6 +386,18 @@ class R(Action):
         V().emit(b, tiled, ctx)
         if self.unroll > 1:
             b.unroll_later(U.target(tiled)[1], self.unroll)
+
+
+def _chunk_elements(s: OpState, d: int, size: int) -> int:
+    """Elements of every operand that one chunk of `size` iterations of loop `d` touches (each
+    tensor dimension's extent over the loop ranges, a window's overlap included)."""
+    total = 0
+    for m in s.loads + s.stores:
+        n = 1
+        for row in m:
+            n *= 1 + sum(abs(c) * ((size if e == d else s.bounds[e]) - 1) for e, c in enumerate(row[:s.num_loops]))
+        total += n
+    return total
 
 
 # Memoized: the masks ask for an op's geometry dozens of times per env step (a sampled
