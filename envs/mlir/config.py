@@ -94,8 +94,8 @@ class ActionConfig:
     """R's choices: (rows, vectors) of the output held in registers (those exceeding the host's
     vector registers are masked).  3 vectors since R splits them into native vectors
     (`R.emit_native_split`; left whole they ran 2-4x slower): 4x3 fills AVX2's 16 registers
-    with no row tail on 8, 16 or 32 rows; on training matmuls (bench/register_tiles.py) it was
-    the best tile on bert_base_ffn_output and within 8-23% of the best on three others.  8x3 is
+    with no row tail on 8, 16 or 32 rows; on four training matmuls (bench/register_tiles.py, two
+    runs) it was the best tile on one or two and within 5-23% of the best on the others.  8x3 is
     AVX-512's, not measured (no AVX-512 machine here).  Chosen on matmuls of bench/ and the
     training split only (a (16, 1) once added after looking at an eval program was removed)."""
     register_kc: Tuple[int, ...] = (0, 32, 64, 128, 256)
