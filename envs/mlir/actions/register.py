@@ -337,7 +337,7 @@ class R(Action):
         for i, (handle, piece) in enumerate(zip(b.pieces, tiled.pieces)):
             cols = piece[n]
             v = cols // w
-            if cols % w or v & (v - 1) == 0:  # a partial vector, or a power of two (1 included)
+            if cols % w or not split_vectors(v):  # a partial vector is left whole
                 continue
             t, loop = b.fresh("t"), b.fresh("l")
             sizes = ", ".join(str(w if d == n else 0) for d in range(tiled.num_loops))
@@ -386,6 +386,11 @@ class R(Action):
         V().emit(b, tiled, ctx)
         if self.unroll > 1:
             b.unroll_later(U.target(tiled)[1], self.unroll)
+
+
+def split_vectors(vectors: int) -> bool:
+    """Whether `R.emit_native_split` splits a kernel row of this many vectors: not a power of two."""
+    return vectors & (vectors - 1) != 0
 
 
 def _chunk_elements(s: OpState, d: int, size: int) -> int:
