@@ -8,7 +8,9 @@ times on the model first; a variant `policy:POOL:GENERATIONS` (with
 greedy episode, then sampled ones; evaluate.py's `--cost-model` search),
 `policy:POOL:GENERATIONS:T` with its logits divided by T (more diverse);
 `agent:POOL:RANDOM` ranks the policy's POOL and RANDOM random schedules
-together (`evaluate.agent_schedules`).
+together (`evaluate.agent_schedules`). A suffix `+rK` on any variant spends the
+last K of its measurements climbing from the fastest one measured
+(`ranked_search`'s `refine`: the model picks among its mutations).
 Random search's best of 8 and of 256, and with `--checkpoint` the policy's
 own best of 8 (greedy, then 7 sampled episodes, measured), are the
 yardsticks. Every winner is then measured again from scratch, all variants in
@@ -20,6 +22,7 @@ rounds.
     python bench/cost_model.py --cost-model cm_val.pt --only A B C --variants 4096:0 1024:0 1024:4
     python bench/cost_model.py --cost-model cm_val.pt --only A B C --checkpoint CKPT --variants policy:64:0 policy:256:0
     python bench/cost_model.py --cost-model cm_val.pt --only A B C --checkpoint CKPT --variants 4096:0 agent:64:4096
+    python bench/cost_model.py --cost-model cm_val.pt --only A B C --checkpoint CKPT --variants policy:64:0 policy:64:0+r4
 
 A checkpoint is judged on programs it has not trained on (a run's validation subset).
 
@@ -48,7 +51,7 @@ def main() -> int:
     ap.add_argument("--only", nargs="+", required=True, help="training programs the model has not learned from")
     ap.add_argument("--variants", nargs="+", default=["4096:0", "1024:0", "1024:4"],
                     help="POOL:GENERATIONS each (random schedules), policy:POOL:GENERATIONS (the policy's), or "
-                         "agent:POOL:RANDOM (both)")
+                         "agent:POOL:RANDOM (both); +rK: the last K measurements climb from the fastest")
     ap.add_argument("--checkpoint", default="", help="a policy (tune_run.py checkpoint) for policy:... variants; "
                                                      "adds policy_8, its own best of 8")
     ap.add_argument("--budget", type=int, default=8, help="measurements of each ranked search")
@@ -82,9 +85,13 @@ def main() -> int:
             ap.error(f"{label} learned from {', '.join(seen)}: hold them out (--hold-out) to judge it on them")
     variants = []
     for v in args.variants:
-        kind = v.split(":")[0] if v.split(":")[0] in ("policy", "agent") else "random"
-        parts = v.split(":")[0 if kind == "random" else 1:]
+        spec, _, refine = v.partition("+r")
+        kind = spec.split(":")[0] if spec.split(":")[0] in ("policy", "agent") else "random"
+        parts = spec.split(":")[0 if kind == "random" else 1:]
         try:
+            refine = int(refine) if refine else 0
+            if not 0 <= refine <= args.budget:
+                raise ValueError(v)
             if len(parts) not in {"random": (2,), "policy": (2, 3), "agent": (2,)}[kind]:
                 raise ValueError(v)
             pool, gens = int(parts[0]), int(parts[1])  # agent: the policy's pool, then the random pool
@@ -93,17 +100,19 @@ def main() -> int:
                 raise ValueError(v)
         except ValueError:
             ap.error(f"--variants {v}: expected POOL:GENERATIONS, policy:POOL:GENERATIONS[:TEMPERATURE > 0] or "
-                     f"agent:POLICY_POOL:RANDOM_POOL, e.g. 1024:4, policy:256:0:2 or agent:64:4096")
+                     f"agent:POLICY_POOL:RANDOM_POOL, each with an optional +rK (0 <= K <= --budget), e.g. 1024:4, "
+                     f"policy:256:0:2, agent:64:4096 or policy:64:0+r4")
         if kind != "random" and not args.checkpoint:
             ap.error(f"--variants {v}: a {kind} variant needs --checkpoint")
         for label, model in models.items():
             name = f"{label} " if len(models) > 1 else ""
-            t = f" T {temp:g}" if temp != 1.0 else ""
+            t = (f" T {temp:g}" if temp != 1.0 else "") + (f" refine {refine}" if refine else "")
             if kind == "agent":
-                variants.append((f"{name}agent_{args.budget} pool {pool}+{gens}", model, kind, pool, 0, 1.0, gens))
+                variants.append((f"{name}agent_{args.budget} pool {pool}+{gens}{t}", model, kind, pool, 0, 1.0, gens,
+                                 refine))
             else:
                 variants.append((f"{name}{'policy_model' if kind == 'policy' else 'model'}_{args.budget} pool {pool} "
-                                 f"gen {gens}{t}", model, kind, pool, gens, temp, 0))
+                                 f"gen {gens}{t}", model, kind, pool, gens, temp, 0, refine))
     module = None
     if args.checkpoint:
         from evaluate import agent_schedules, load_module, policy_schedules, policy_trials, trained_benchmarks
@@ -125,14 +134,14 @@ def main() -> int:
         for name in args.only:
             program = env.load(name)
             winners, search_s = {}, {}
-            for label, model, kind, pool, gens, temperature, random_pool in variants:
+            for label, model, kind, pool, gens, temperature, random_pool, refine in variants:
                 t = time.time()
                 candidates = None if kind == "random" else (
                     lambda p, n=pool, tp=temperature, rp=random_pool: agent_schedules(
                         policy_schedules(env, module, name, n, args.seed, tp),
                         sample_schedules(env, name, rp, args.seed) if rp else []))
                 r = ranked_search(env, name, args.budget, model, pool=pool, seed=args.seed, generations=gens,
-                                  candidates=candidates)
+                                  candidates=candidates, refine=refine)
                 winners[label], search_s[label] = r.schedule, time.time() - t
             if module:
                 t = time.time()

@@ -11,7 +11,9 @@ program; random search and greedy search (best of the first 8 and of all
 episode, and the best of that and 7 sampled ones); with `--cost-model`, the
 best 8 of `--pool` random schedules by the cost model (model_8; model_1 its
 top pick alone) and of `--policy-pool` schedules of the policy (policy_model_8,
-policy_model_1: the agent with its cost model). Every method's best few
+policy_model_1: the agent with its cost model), and policy_climb_8: the model's
+best 8 - `--refine` of the policy's, then `--refine` measurements climbing from
+the fastest measured (`ranked_search`'s refine). Every method's best few
 (3, `envs.search.RECHECK`) are measured again from scratch (no cache) and
 checked, and the fastest is picked (on one measurement each, a best of 256
 favours the luckiest); each pick is then timed `--rounds` times (3), every
@@ -130,6 +132,10 @@ def main() -> int:
                     help="random schedules the cost model ranks (4096: chosen on held-out training programs, "
                          "bench/cost_model.py)")
     ap.add_argument("--policy-pool", type=int, default=64, help="policy schedules the cost model ranks")
+    ap.add_argument("--refine", type=int, default=4,
+                    help="with --checkpoint and --cost-model, policy_climb_8: of its 8 measurements the last "
+                         "REFINE climb from the fastest measured (0: no such column; 4: bench/cost_model.py on "
+                         "held-out training programs)")
     ap.add_argument("--cache-dir", default="", help="time cache of the searches (default: the project's)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="each method's pick is timed this many times, all picks in turn each round; the median counts")
@@ -171,7 +177,7 @@ def main() -> int:
     threads = args.threads or available_cpus()
     rows = bench_rows(args.only, args.split)
     settings = {k: getattr(args, k) for k in ("budget", "checkpoint", "cost_model", "pool", "policy_pool", "seed",
-                                              "rounds", "tile_candidates", "no_search", "no_greedy")}
+                                              "rounds", "tile_candidates", "no_search", "no_greedy", "refine")}
     settings["threads"] = threads
     kept = _resumable(args.out, settings) if args.resume else {}
     if not args.resume and os.path.exists(args.out):  # a new run: the last result is not lost to its first row
@@ -200,6 +206,7 @@ def main() -> int:
             raise SystemExit(f"{args.cost_model} learned times of {model.meta.get('threads')} thread(s); this run "
                              f"times on {threads} (--threads)")
         methods += ["model_1", "model_8"] + (["policy_model_1", "policy_model_8"] if args.checkpoint else [])
+        methods += ["policy_climb_8"] if args.checkpoint and args.refine else []
     methods = list(dict.fromkeys(methods))  # --budget 8: one column each
     module, trained_on = None, []
     if args.checkpoint:
@@ -262,8 +269,11 @@ def main() -> int:
             if model is not None:
                 trials["model"] = ranked_search(env, name, 8, model, pool=args.pool, seed=args.seed)
                 if args.checkpoint:
-                    trials["policy_model"] = ranked_search(
-                        env, name, 8, model, candidates=lambda p: policy_schedules(env, module, name, args.policy_pool))
+                    proposed = policy_schedules(env, module, name, args.policy_pool)
+                    trials["policy_model"] = ranked_search(env, name, 8, model, candidates=lambda p: proposed)
+                    if args.refine:
+                        trials["policy_climb"] = ranked_search(env, name, 8, model, candidates=lambda p: proposed,
+                                                               refine=args.refine)
             entry = {"name": name, "family": row["family"], "flops": row["flops"], "torch_s": torch_s,
                      "torch_gflops": row["flops"] / torch_s / 1e9, "methods": {}}
             picks = {"untransformed": ("", fresh.baseline(program))}

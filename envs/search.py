@@ -202,11 +202,16 @@ def mutate(env, program: Program, schedule: Schedule, rng: np.random.Generator) 
 
 def ranked_search(env, benchmark: str, budget: int, model, pool: int = 4096, seed: int = 0,
                   candidates: Optional[Callable[[Program], Sequence[Schedule]]] = None,
-                  generations: int = 0, elite: int = 64) -> SearchResult:
+                  generations: int = 0, elite: int = 64, refine: int = 0,
+                  neighbours: int = 128) -> SearchResult:
     """Sample `pool` schedules (random ones, or those `candidates` gives), rank them by the cost
     model (`envs.cost_model.CostModel`), measure the best `budget` in that order. With
     `generations`, first evolve the pool on the model alone: each generation mutates the `elite`
-    best into `pool` // 2 new schedules (`mutate`), as Ansor's evolutionary search does."""
+    best into `pool` // 2 new schedules (`mutate`), as Ansor's evolutionary search does.
+    With `refine`, the last `refine` of the `budget` measurements climb from the fastest schedule
+    measured so far: each mutates it into up to `neighbours` new schedules and measures the one the
+    model ranks first (a local search steered by measurements, where evolving on the model alone
+    exploits its errors)."""
     program = env.load(benchmark)
     base = env.measurer.baseline(program)
     scheds = list(candidates(program)) if candidates else sample_schedules(env, benchmark, pool, seed)
@@ -223,13 +228,38 @@ def ranked_search(env, benchmark: str, budget: int, model, pool: int = 4096, see
                 kids.append(kid)
         scheds += kids
         scores += list(model.predict(program, kids)) if kids else []
-    order = np.argsort(scores, kind="stable") if scheds else []
+    order = list(np.argsort(scores, kind="stable")) if scheds else []
     best, best_s, curve, trials = "", 1.0, [], []
-    for i in order[:budget]:
-        m = env.measurer.measure(program, scheds[i])
+    top: Tuple[float, Optional[Schedule]] = (0.0, None)  # the fastest measured, for `refine` to climb from
+
+    def measure(sched: Schedule) -> None:
+        nonlocal best, best_s, top
+        m = env.measurer.measure(program, sched)
         s_up = base.time_s / m.time_s if m.ok else 0.0
-        trials.append((str(scheds[i]), s_up))
+        trials.append((str(sched), s_up))
         if s_up > best_s:
-            best, best_s = str(scheds[i]), s_up
+            best, best_s = str(sched), s_up
+        if s_up > top[0]:
+            top = (s_up, sched)
         curve.append(best_s)
+
+    refine = min(max(refine, 0), budget)
+    for i in order[:budget - refine]:
+        measure(scheds[i])
+    for _ in range(refine):
+        parent = top[1] if top[1] is not None else (scheds[order[0]] if order else None)
+        tried, kids = {t[0] for t in trials}, {}
+        for _ in range(4 * neighbours if parent is not None else 0):
+            kid = mutate(env, program, parent, rng)
+            if str(kid) not in tried:
+                kids.setdefault(str(kid), kid)
+                if len(kids) == neighbours:
+                    break
+        kids = list(kids.values())
+        if not kids:  # the parent's neighbourhood is spent: the next of the model's ranking
+            rest = [i for i in order if str(scheds[i]) not in tried]
+            if not rest:
+                break
+            kids = [scheds[rest[0]]]
+        measure(kids[int(np.argmin(model.predict(program, kids)))])
     return SearchResult(benchmark, best, best_s, len(trials), curve, trials)

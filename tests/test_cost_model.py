@@ -108,6 +108,45 @@ def test_trained_on_measured_times_and_ranked_search_measures_its_picks_in_order
         CostModel.load(str(tmp_path / "none.pt"))
 
 
+def test_refine_climbs_from_the_fastest_measured_by_the_models_pick_of_its_mutations(env, monkeypatch):
+    """ranked_search(refine=2): the model's best 2 first, then 2 measurements, each the model's pick
+    among mutations of the fastest schedule measured before it. The model is trained on made-up
+    labels (text length: only an order to follow); `mutate` and `predict` are wrapped (the real ones
+    run) to see what each step mutated and ranked."""
+    import envs.search as search
+    program = env.load(UNSEEN)
+    model = CostModel()
+    model.fit([Record(UNSEEN, str(s), float(len(str(s)))) for s in sample_schedules(env, UNSEEN, 48, seed=8)],
+              {UNSEEN: program}, epochs=5, log=None)
+    real_mutate, real_predict, parents, ranked = search.mutate, model.predict, [], []
+
+    def spy_mutate(e, p, s, rng):
+        parents.append(str(s))
+        return real_mutate(e, p, s, rng)
+
+    def spy_predict(p, scheds):
+        ranked.append([str(x) for x in scheds])
+        return real_predict(p, scheds)
+
+    monkeypatch.setattr(search, "mutate", spy_mutate)
+    monkeypatch.setattr(model, "predict", spy_predict)
+    r = ranked_search(env, UNSEEN, 4, model, pool=32, seed=6, refine=2, neighbours=12)
+    texts = [t for t, _ in r.trials]
+    assert r.measurements == 4 and len(set(texts)) == 4
+    pool = ranked[0]  # the first ranking is the pool's
+    scores = real_predict(program, [Schedule.parse(x) for x in pool])
+    assert texts[:2] == [pool[i] for i in np.argsort(scores, kind="stable")[:2]]
+    assert len(ranked) == 3
+    fastest = [max(r.trials[:2 + k], key=lambda t: t[1])[0] for k in (0, 1)]  # the first of equals, as kept
+    n0 = parents.index(fastest[1]) if fastest[1] != fastest[0] else len(parents) // 2
+    assert parents[:n0] == [fastest[0]] * n0 and parents[n0:] == [fastest[1]] * (len(parents) - n0) and n0 > 0
+    for k, kids in enumerate(ranked[1:]):  # refine step k measured trial 2 + k
+        assert fastest[k] not in kids and not set(kids) & set(texts[:2 + k])
+        kid_scores = real_predict(program, [Schedule.parse(x) for x in kids])
+        assert texts[2 + k] == kids[int(np.argmin(kid_scores))]
+    assert r.best_so_far == sorted(r.best_so_far)
+
+
 def test_a_mutation_changes_one_op_and_keeps_the_others(env):
     from envs.search import mutate
     program = env.load("resnet_18_fc_batch_8")

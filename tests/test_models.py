@@ -434,17 +434,20 @@ def test_cost_model_bench_judges_a_policy_with_its_cost_model(smoke_run, tmp_pat
     from envs.cost_model import CostModel
     CostModel().save(str(tmp_path / "cm.pt"), threads=1)  # untrained: only the plumbing is tested here
     cmd = [sys.executable, "bench/cost_model.py", "--cost-model", str(tmp_path / "cm.pt"), "--only",
-           "resnet_18_layer2_relu", "--variants", "policy:4:0:2", "agent:4:8", "--budget", "2", "--random", "0",
+           "resnet_18_layer2_relu", "--variants", "policy:4:0:2", "agent:4:8+r1", "--budget", "2", "--random", "0",
            "--repeats", "1", "--threads", "1", "--out", str(tmp_path / "cm.json")]
     bad = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert bad.returncode == 2 and "a policy variant needs --checkpoint" in bad.stderr
+    over = [x if x != "agent:4:8+r1" else "agent:4:8+r3" for x in cmd]  # refine beyond the budget of 2
+    bad = subprocess.run(over, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert bad.returncode == 2 and "--variants agent:4:8+r3: expected" in bad.stderr
     trained = [x if x != "resnet_18_layer2_relu" else "resnet_18_fc_batch_8" for x in cmd]  # in smoke.yaml
     bad = subprocess.run(trained + ["--checkpoint", ckpt], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert bad.returncode == 2 and "the policy trained on resnet_18_fc_batch_8" in bad.stderr
     r = subprocess.run(cmd + ["--checkpoint", ckpt], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.load(open(tmp_path / "cm.json"))
-    assert res["methods"] == ["policy_model_2 pool 4 gen 0 T 2", "agent_2 pool 4+8", "policy_2"]
+    assert res["methods"] == ["policy_model_2 pool 4 gen 0 T 2", "agent_2 pool 4+8 refine 1", "policy_2"]
     assert res["checkpoint"] == ckpt
     row = res["rows"][0]["methods"]
     for m in res["methods"]:  # a winner re-measured ("": none beat the untransformed program)
