@@ -158,6 +158,8 @@ def main() -> int:
         ap.error("--no-search needs --checkpoint (there would be nothing to compare)")
     if args.rounds < 1:
         ap.error(f"--rounds must be >= 1, got {args.rounds}")
+    if not 0 <= args.refine <= 8:
+        ap.error(f"--refine must be 0 to 8 (of policy_climb_8's 8 measurements), got {args.refine}")
     if args.torch_times:
         _torch_times_main(args.torch_times, args.threads or 1)
         return 0
