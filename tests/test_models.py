@@ -439,7 +439,7 @@ def test_cost_model_bench_judges_a_policy_with_its_cost_model(smoke_run, tmp_pat
     bad = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert bad.returncode == 2 and "a policy variant needs --checkpoint" in bad.stderr
     over = [x if x != "agent:4:8+r1" else "agent:4:8+r3" for x in cmd]  # refine beyond the budget of 2
-    bad = subprocess.run(over, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    bad = subprocess.run(over + ["--checkpoint", ckpt], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert bad.returncode == 2 and "--variants agent:4:8+r3: expected" in bad.stderr
     trained = [x if x != "resnet_18_layer2_relu" else "resnet_18_fc_batch_8" for x in cmd]  # in smoke.yaml
     bad = subprocess.run(trained + ["--checkpoint", ckpt], capture_output=True, text=True, timeout=300, cwd=ROOT)
