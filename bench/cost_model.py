@@ -85,11 +85,11 @@ def main() -> int:
             ap.error(f"{label} learned from {', '.join(seen)}: hold them out (--hold-out) to judge it on them")
     variants = []
     for v in args.variants:
-        spec, _, refine = v.partition("+r")
+        spec, plus, refine = v.partition("+r")
         kind = spec.split(":")[0] if spec.split(":")[0] in ("policy", "agent") else "random"
         parts = spec.split(":")[0 if kind == "random" else 1:]
         try:
-            refine = int(refine) if refine else 0
+            refine = int(refine) if plus else 0  # "+r" with no K is an error, not 0
             if not 0 <= refine <= args.budget:
                 raise ValueError(v)
             if len(parts) not in {"random": (2,), "policy": (2, 3), "agent": (2,)}[kind]:
