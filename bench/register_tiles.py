@@ -28,6 +28,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 MATMULS = ["vgg_16_fc7_batch_8", "bert_base_ffn_output", "bert_base_attention_q_k_v_projection",
            "resnet_50_fc_batch_8"]
@@ -130,27 +131,13 @@ def main() -> int:
 
 
 def plot(out, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    names = list(out["programs"])
+    from plots import grouped_bars
     labels = sorted({lab for e in out["programs"].values() for lab in e["tiles"]},
                     key=lambda s: (tuple(int(x) for x in s.split()[0].split("x")), s))
-    fig, ax = plt.subplots(figsize=(max(8, len(labels) * 0.7), 4.5))
-    width = 0.8 / len(names)
-    for i, name in enumerate(names):
-        tiles = out["programs"][name]["tiles"]
-        xs = [j + i * width for j, lab in enumerate(labels) if lab in tiles]
-        ys = [100 * tiles[lab]["peak_fraction"] for lab in labels if lab in tiles]
-        ax.bar(xs, ys, width, label=name)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(labels))], labels, rotation=45, ha="right")
-    ax.set_ylabel("% of the FMA peak")
-    ax.set_title(f"R's register tiles (rows x vectors), {out['threads']} thread(s)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    print(f"wrote {path}")
+    series = {name: [100 * e["tiles"][lab]["peak_fraction"] if lab in e["tiles"] else None for lab in labels]
+              for name, e in out["programs"].items()}
+    grouped_bars(path, labels, series, "% of the FMA peak",
+                 f"R's register tiles (rows x vectors), {out['threads']} thread(s)", rotate=True)
 
 
 if __name__ == "__main__":

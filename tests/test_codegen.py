@@ -102,3 +102,37 @@ def test_fma_peak_loop_keeps_its_chains_in_the_vector_registers():
         assert 8 <= chains(width) and chains(width) + 2 <= registers, width
     r = fma_peak(1, seconds=0.05, rounds=1)
     assert r["vector_width"] == vector_width() and r["gflops"] > 0
+
+
+def test_operand_layout_bench_prepacked_program_is_the_same_matmul(tmp_path):
+    # bench/operand_layout.py's pre-packed program must compute A x B for B given in panels,
+    # or its ceiling would be of another computation
+    from bench.operand_layout import plain_matmul, prepacked_matmul
+    m, k, n, w = 4, 24, 32, 8
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
+    outs = {}
+    for name, text, args in (("plain", plain_matmul(m, k, n), [a, b]),
+                             ("packed", prepacked_matmul(m, k, n, w),
+                              [a, np.ascontiguousarray(b.reshape(k, n // w, w).transpose(1, 0, 2))])):
+        p = Program.from_text(text)
+        eng, ctx, _, _ = C.compile_program(p.text, p.func_name, p.inputs, p.outputs, None, False)
+        ins = C.make_inputs(p.inputs, 0)
+        for dst, src in zip(ins, args):
+            dst[...] = src
+        r = C.Runner(eng, ins, p.outputs)
+        r.run()
+        outs[name] = r.outs[0].reshape(m, n)
+    np.testing.assert_allclose(outs["plain"], a @ b, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(outs["packed"], a @ b, rtol=1e-4, atol=1e-4)
+    # and the bench runs end to end: the three layouts measured, each result checked by the worker
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "ol.json"
+    r = subprocess.run([sys.executable, "bench/operand_layout.py", "--only", "--shape", "8x64x32", "--tiles", "4x2",
+                        "--kc", "0", "32", "--rounds", "1", "--threads", "1", "--out", str(out)],
+                       cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    entry = json.loads(out.read_text())["matmuls"]["8x64x32"]
+    assert set(entry["best"]) == {"row-major", "packed", "pre-packed"}
+    assert entry["layouts"]["packed"]["4x2 kc32"]["schedule"].endswith("P(16) R(4,16,4,32)")
+    assert all(v["time_s"] > 0 for lay in entry["layouts"].values() for v in lay.values())
