@@ -97,7 +97,7 @@ def parse_tile(text: str):
 
 
 def variants(cfg, m: int, k: int, n: int, tiles, kcs, unroll: int, layouts=LAYOUTS):
-    """(layout, label, program text, schedule text) of every valid grid point."""
+    """(layout, label, Program, Schedule) of every grid point the env's checks accept."""
     from envs.mlir import Program, ProgramState, Schedule
     from envs.mlir.actions.register import R
     from envs.mlir.errors import ScheduleError
@@ -156,7 +156,8 @@ def main() -> int:
         n, mrow = R.geometry(s)
         shapes[name] = (s.bounds[mrow], s.bounds[R.block_loop(s)], s.bounds[n])
     for text in args.shape:
-        shapes["x".join(map(str, parse_shape(text)))] = parse_shape(text)
+        shape = parse_shape(text)
+        shapes["x".join(map(str, shape))] = shape
     if not shapes:
         raise SystemExit("nothing to measure: name training matmuls (--only) or shapes (--shape)")
     cases = []  # (name, layout, label, program, schedule)
