@@ -78,22 +78,18 @@ func.func @matmul(%a: {a}, %b: {b}) -> {c} {{
 """
 
 
-def parse_shape(text: str):
+def parse_dims(text: str, flag: str, example: str):
+    """Positive sizes written like `example` (e.g. 16x768x2304), or a one-line error naming `flag`."""
+    want = example.count("x") + 1
     try:
-        m, k, n = (int(x) for x in text.lower().split("x"))
+        dims = tuple(int(x) for x in text.lower().split("x"))
     except ValueError:
-        raise SystemExit(f"--shape {text!r}: expected M x K x N, e.g. 16x768x2304") from None
-    if min(m, k, n) < 1:
-        raise SystemExit(f"--shape {text!r}: sizes must be positive")
-    return m, k, n
-
-
-def parse_tile(text: str):
-    try:
-        rows, vectors = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise SystemExit(f"--tiles {text!r}: expected rows x vectors, e.g. 6x2") from None
-    return rows, vectors
+        dims = ()
+    if len(dims) != want:
+        raise SystemExit(f"{flag} {text!r}: expected {want} sizes joined by x, e.g. {example}")
+    if min(dims) < 1:
+        raise SystemExit(f"{flag} {text!r}: sizes must be positive")
+    return dims
 
 
 def variants(cfg, m: int, k: int, n: int, tiles, kcs, unroll: int, layouts=LAYOUTS):
@@ -107,22 +103,23 @@ def variants(cfg, m: int, k: int, n: int, tiles, kcs, unroll: int, layouts=LAYOU
         cols = vectors * w
         if n % cols or rows > m:
             continue
-        texts = {"row-major": plain_matmul(m, k, n), "packed": plain_matmul(m, k, n),
-                 "pre-packed": prepacked_matmul(m, k, n, cols)}
+        plain = Program.from_text(plain_matmul(m, k, n), "matmul")  # row-major and packed: one program
+        programs = {"row-major": plain, "packed": plain,
+                    "pre-packed": Program.from_text(prepacked_matmul(m, k, n, cols), "matmul_prepacked")}
         for kc in kcs:
             if kc and (kc >= k or k % kc):
                 continue
             for layout in layouts:
-                program = Program.from_text(texts[layout], f"matmul_{layout}")
+                program = programs[layout]
                 op = next(o.tag for o in program.ops if o.name != "linalg.fill")
                 a = R(rows, cols, unroll, kc)
-                text = f"{op}: " + (f"P({cols}) {a}" if layout == "packed" else str(a))
+                sched = Schedule.parse(f"{op}: " + (f"P({cols}) {a}" if layout == "packed" else str(a)))
                 try:  # the env's own checks: a grid point R or P would refuse is left out
-                    ProgramState.replay(program, Schedule.parse(text), cfg)
+                    ProgramState.replay(program, sched, cfg)
                 except ScheduleError as e:
-                    print(f"  skipped {layout} {text}: {str(e)[:120]}")
+                    print(f"  skipped {layout} {sched}: {str(e)[:120]}")
                     continue
-                out.append((layout, f"{rows}x{vectors} kc{kc}", program, Schedule.parse(text)))
+                out.append((layout, f"{rows}x{vectors} kc{kc}", program, sched))
     return out
 
 
@@ -143,7 +140,7 @@ def main() -> int:
     from envs.mlir.peak import fma_peak
     from envs.suites import load_suite, suite_path
     cfg = ActionConfig()
-    tiles = [parse_tile(t) for t in args.tiles]
+    tiles = [parse_dims(t, "--tiles", "6x2") for t in args.tiles]
     shapes = {}  # name -> (m, k, n)
     rows = {b.name: b for b in load_suite(suite_path("train"))}
     for name in args.only:
@@ -156,7 +153,7 @@ def main() -> int:
         n, mrow = R.geometry(s)
         shapes[name] = (s.bounds[mrow], s.bounds[R.block_loop(s)], s.bounds[n])
     for text in args.shape:
-        shape = parse_shape(text)
+        shape = parse_dims(text, "--shape", "16x768x2304")
         shapes["x".join(map(str, shape))] = shape
     if not shapes:
         raise SystemExit("nothing to measure: name training matmuls (--only) or shapes (--shape)")
