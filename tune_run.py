@@ -217,6 +217,12 @@ def build_algo_config(cfg: Dict[str, Any]):
         config.resources(placement_strategy=str(res["placement_strategy"]))
     if cfg.get("run", {}).get("seed") is not None:  # torch, numpy and the env runners' envs
         config.debugging(seed=int(cfg["run"]["seed"]))
+        if int(cfg["run"].get("num_samples", 1)) > 1:
+            # A sweep: each trial its own seed, drawn (like the other spaces) by a search whose random
+            # state is run.seed, so the sweep repeats. One seed for all would start trials of the same
+            # width from the same weights: their greedy validations tie and ASHA can rank none.
+            from ray import tune
+            config.seed = tune.randint(0, 2**31 - 1)
     spaces = {k: v for k, v in ppo.items() if v is not cfg["ppo"][k]}
     try:
         config.training(**{k: v for k, v in ppo.items() if k not in spaces})
@@ -548,7 +554,11 @@ def train(cfg: Dict[str, Any], args) -> int:
                    if validated else {})),
             callbacks=[_progress_callback()])
         samples = int(run.get("num_samples", 1))
-        tune_config = tune.TuneConfig(num_samples=samples, scheduler=_scheduler(cfg, validated),
+        search = None
+        if run.get("seed") is not None and samples > 1:  # the same seed draws the same trials
+            from ray.tune.search import BasicVariantGenerator
+            search = BasicVariantGenerator(random_state=int(run["seed"]))
+        tune_config = tune.TuneConfig(num_samples=samples, scheduler=_scheduler(cfg, validated), search_alg=search,
                                       max_concurrent_trials=run.get("max_concurrent_trials"))
         if tune_config.scheduler is not None:
             # The validation metric arrives every run.validate.every iterations (carried after the

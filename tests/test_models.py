@@ -627,10 +627,10 @@ def test_a_sweep_runs_trials_side_by_side_and_asha_stops_the_weak_ones(tmp_path)
     import glob
     with open(os.path.join(ROOT, "tune_configs", "sweep.yaml")) as f:
         cfg = yaml.safe_load(f)
-    # No run.seed: with one seed, trials of the same encoder width start from the same weights, their
-    # greedy validation schedules (cache hits) tie at the first rung, and ASHA rightly stops none.
+    # sweep.yaml's run.seed: each trial draws its own seed from it (one seed for all started trials of
+    # the same width from the same weights; their greedy validations tied and ASHA stopped none).
     cfg["run"].update(stop_iters=4, checkpoint_every=1, validate={**cfg["run"]["validate"], "every": 1},
-                      scheduler={"type": "asha", "max_t": 4, "grace_period": 1, "reduction_factor": 2}, seed=None,
+                      scheduler={"type": "asha", "max_t": 4, "grace_period": 1, "reduction_factor": 2},
                       # Six trials: untrained greedy policies often end every op at once (NT: exactly x1.0, a
                       # tie); ASHA stops a trial only when it arrives at a rung below earlier arrivals.
                       num_samples=6)
@@ -655,12 +655,14 @@ def test_a_sweep_runs_trials_side_by_side_and_asha_stops_the_weak_ones(tmp_path)
     configs = [json.load(open(os.path.join(t, "params.json"))) for t in trials]
     assert len({(c["lr"], c["entropy_coeff"], c["_model_config"]["encoder"]["hidden"],
                  c["_model_config"]["encoder"]["lstm_hidden"]) for c in configs}) == 6  # sampled, not one point
-    iters = {}
+    assert len({c["seed"] for c in configs}) == 6  # each trial its own seed
+    iters, vals = {}, {}
     for t in trials:
         rows = [json.loads(x) for x in open(os.path.join(t, "result.json"))]
         iters[t] = rows[-1]["training_iteration"]
+        vals[os.path.basename(t)[:30]] = [round(x["val_speedup_geomean"], 3) for x in rows]
         assert all("val_speedup_geomean" in x for x in rows)  # validated every iteration
-    assert max(iters.values()) == 4 and min(iters.values()) < 4, iters  # ASHA stopped some early
+    assert max(iters.values()) == 4 and min(iters.values()) < 4, vals  # ASHA stopped some early
     best = r.stdout.split("best checkpoint (by val_speedup_geomean): ")[1].split()[0]
     scores = {}
     for t in trials:
