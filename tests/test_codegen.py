@@ -125,14 +125,79 @@ def test_operand_layout_bench_prepacked_program_is_the_same_matmul(tmp_path):
         outs[name] = r.outs[0].reshape(m, n)
     np.testing.assert_allclose(outs["plain"], a @ b, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(outs["packed"], a @ b, rtol=1e-4, atol=1e-4)
-    # and the bench runs end to end: the three layouts measured, each result checked by the worker
+    # and the bench runs end to end: the four layouts measured, each result checked by the worker;
+    # N two panels of the 4x2 kernel wide at this machine's vector width (P packs a loop it splits)
+    from envs.mlir import ActionConfig
+    cols = 2 * ActionConfig().register_width
+    shape = f"8x64x{2 * cols}"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = tmp_path / "ol.json"
-    r = subprocess.run([sys.executable, "bench/operand_layout.py", "--only", "--shape", "8x64x32", "--tiles", "4x2",
+    r = subprocess.run([sys.executable, "bench/operand_layout.py", "--only", "--shape", shape, "--tiles", "4x2",
                         "--kc", "0", "32", "--rounds", "1", "--threads", "1", "--out", str(out)],
                        cwd=root, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    entry = json.loads(out.read_text())["matmuls"]["8x64x32"]
-    assert set(entry["best"]) == {"row-major", "packed", "pre-packed"}
-    assert entry["layouts"]["packed"]["4x2 kc32"]["schedule"].endswith("P(16) R(4,16,4,32)")
+    entry = json.loads(out.read_text())["matmuls"][shape]
+    assert set(entry["best"]) == {"row-major", "packed", "packed-once", "pre-packed"}, r.stdout
+    for layout in ("packed", "packed-once"):
+        assert entry["layouts"][layout]["4x2 kc32"]["schedule"].endswith(f"P({cols}) R(4,{cols},4,32)")
     assert all(v["time_s"] > 0 for lay in entry["layouts"].values() for v in lay.values())
+
+
+@pytest.mark.parametrize("marked", [True, False])
+def test_a_weights_pack_runs_once_before_the_timed_calls(marked):
+    """B marked {rl.weight}: P's pack of it leaves the timed call (envs/mlir/hoist.py) and runs
+    once, when the Runner is made. Shown by behaviour: B's buffer overwritten after that leaves
+    the results of later calls as they were (they read the packed copy); unmarked, or with no
+    pack of B in the schedule, every call reads B again."""
+    from bench.operand_layout import plain_matmul
+    from envs.mlir import ActionConfig
+    from envs.mlir.transform import build_script
+    w = ActionConfig().register_width
+    m, k, n = 4, 16, 4 * w
+    p = Program.from_text(plain_matmul(m, k, n, weight=marked), "matmul")
+    op = next(o.tag for o in p.ops if o.name != "linalg.fill")
+    for sched, hoisted in ((f"P({w}) R(4,{w},2,0)", marked), (f"R(4,{w},2,0)", False), ("", False)):
+        script = build_script(p, Schedule.parse(f"{op}: {sched}" if sched else ""))
+        eng, ctx, _, _ = C.compile_program(p.text, p.func_name, p.inputs, p.outputs, script and script.text, False)
+        a, b = C.make_inputs(p.inputs, 0)
+        r = C.Runner(eng, [a, b], p.outputs)
+        r.run()
+        np.testing.assert_allclose(r.outs[0], a @ b, rtol=1e-4, atol=1e-4)
+        before = a @ b
+        b[...] = 0
+        r.run()
+        expected = before if hoisted else np.zeros_like(before)
+        np.testing.assert_allclose(r.outs[0], expected, rtol=1e-4, atol=1e-4, err_msg=f"{sched!r} marked={marked}")
+
+
+def test_only_what_reads_weights_alone_is_hoisted():
+    """An op on a weight and a non-weight input stays in the timed call; one on the weight alone
+    (the transpose torch-mlir writes before a Linear's matmul) is prepared once; a fill of
+    constants stays a fill."""
+    from torch_mlir import ir
+    from envs.mlir.hoist import PREPARE_FUNC, hoist_weight_layouts
+    text = """func.func @f(%x: tensor<8x4xf32>, %w: tensor<4x8xf32> {rl.weight}) -> tensor<8x4xf32> {
+  %zero = arith.constant 0.0 : f32
+  %e = tensor.empty() : tensor<8x4xf32>
+  %wt = linalg.transpose ins(%w : tensor<4x8xf32>) outs(%e : tensor<8x4xf32>) permutation = [1, 0]
+  %e2 = tensor.empty() : tensor<8x4xf32>
+  %z = linalg.fill ins(%zero : f32) outs(%e2 : tensor<8x4xf32>) -> tensor<8x4xf32>
+  %s = linalg.add ins(%x, %wt : tensor<8x4xf32>, tensor<8x4xf32>) outs(%z : tensor<8x4xf32>) -> tensor<8x4xf32>
+  return %s : tensor<8x4xf32>
+}"""
+    with ir.Context(), ir.Location.unknown():
+        mod = ir.Module.parse(text)
+        func = mod.body.operations[0]
+        assert [str(t) for t in hoist_weight_layouts(mod, func)] == ["tensor<8x4xf32>"]
+        assert mod.operation.verify()
+        main, prep = (str(op) for op in mod.body.operations)
+    assert PREPARE_FUNC in prep and "linalg.transpose" in prep and "linalg.add" not in prep
+    assert "linalg.transpose" not in main and "linalg.fill" in main and "linalg.add" in main
+    assert "%arg2: tensor<8x4xf32>" in main  # the prepared transpose, read by the add
+    # compiled and run: the same sums as numpy's
+    p = Program.from_text(text, "t")
+    eng, ctx, _, _ = C.compile_program(p.text, p.func_name, p.inputs, p.outputs, None, False)
+    x, wt = C.make_inputs(p.inputs, 1)
+    r = C.Runner(eng, [x, wt], p.outputs)
+    r.run()
+    np.testing.assert_allclose(r.outs[0], x + wt.T, rtol=1e-6)

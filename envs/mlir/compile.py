@@ -4,6 +4,8 @@ The user's function is kept as it is: a generated ``@__rl_harness`` takes
 inputs and outputs as memrefs, calls it, and writes each result into its
 output buffer with ``bufferization.materialize_in_destination`` (a tensor
 returned from a public function does not survive the JIT's C interface).
+What the transformed function computes from its weights alone (hoist.py) is
+computed by ``@__rl_prepare``, once per Runner, before any timed call.
 """
 from __future__ import annotations
 
@@ -18,9 +20,12 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .hoist import PREPARE_FUNC, hoist_weight_layouts, weight_args
 from .program import DTYPES, TensorType
 
 HARNESS = "__rl_harness"
+PREPARE = "__rl_prepare"
+"""Runs once per compiled program, before any timed call: the weights' prepared copies (hoist.py)."""
 
 CODEGEN_VERSION = 12
 """Part of the time cache's fingerprint: bump it whenever the code a given schedule
@@ -38,7 +43,9 @@ OpenMP threads sleep 1 ms after a parallel region (worker.py: no spinning into t
 measurement of another process).  10: warm-up for `MeasureConfig.warmup_s` (20 ms) before the
 timed samples, not one call (`timing.sample_times`).  11: R's kernels with a number of vectors that is not
 a power of two split into native vectors (`R.emit_native_split`).  12: R's forall over the loop whose chunk
-touches the fewest elements among those of enough chunks, not the outermost (`R.parallel`)."""
+touches the fewest elements among those of enough chunks, not the outermost (`R.parallel`).  (Weights
+prepared once, `hoist.py`, needed no bump: a program without ``{rl.weight}`` compiles to the same timed
+code, and marking one changes the program's text, which the cache keys on.)"""
 
 
 def pipeline(parallel: bool) -> Tuple[str, str]:
@@ -222,23 +229,50 @@ class StageError(Exception):
         self.stage, self.message, self.where = stage, message, where
 
 
-def _harness_text(func_name: str, inputs: Sequence[TensorType], outputs: Sequence[TensorType]) -> str:
+def _harness_text(func_name: str, inputs: Sequence[TensorType], outputs: Sequence[TensorType],
+                  weights: Sequence[int] = (), prepared: Sequence[TensorType] = ()) -> str:
+    """`HARNESS` (inputs and outputs as memrefs, the call, the results written out) and `PREPARE`:
+    the program's `prepared` values (hoist.py: what it computes from its `weights` inputs alone)
+    written once into globals of their own, which every call of `HARNESS` then reads."""
     args = [f"%in{i}: {t.memref}" for i, t in enumerate(inputs)]
     args += [f"%out{i}: {t.memref}" for i, t in enumerate(outputs)]
+    globals_ = [f'memref.global "private" @__rl_prepared{j} : {t.memref} = uninitialized {{alignment = {ALIGN} : i64}}'
+                for j, t in enumerate(prepared)]
     body = [f"  %t{i} = bufferization.to_tensor %in{i} restrict : {t.memref} to {t.mlir}"
             for i, t in enumerate(inputs)]
+    for j, t in enumerate(prepared):
+        body.append(f"  %g{j} = memref.get_global @__rl_prepared{j} : {t.memref}")
+        body.append(f"  %p{j} = bufferization.to_tensor %g{j} restrict : {t.memref} to {t.mlir}")
     many = len(outputs) > 1
     results = [f"%r#{i}" for i in range(len(outputs))] if many else ["%r"]
     rtypes = ", ".join(t.mlir for t in outputs)
     call_res = f"%r:{len(outputs)}" if many else "%r"
-    body.append(f"  {call_res} = func.call @{func_name}({', '.join(f'%t{i}' for i in range(len(inputs)))}) : "
-                f"({', '.join(t.mlir for t in inputs)}) -> ({rtypes})")
+    operands = [f"%t{i}" for i in range(len(inputs))] + [f"%p{j}" for j in range(len(prepared))]
+    types = [t.mlir for t in inputs] + [t.mlir for t in prepared]
+    body.append(f"  {call_res} = func.call @{func_name}({', '.join(operands)}) : ({', '.join(types)}) -> ({rtypes})")
     for i, (t, r) in enumerate(zip(outputs, results)):
         body.append(f"  bufferization.materialize_in_destination {r} in restrict writable %out{i} : "
                     f"({t.mlir}, {t.memref}) -> ()")
-    decl = f"func.func private @{func_name}({', '.join(t.mlir for t in inputs)}) -> ({rtypes})"
-    return (decl + f"\nfunc.func @{HARNESS}({', '.join(args)}) attributes {{llvm.emit_c_interface}} {{\n"
-            + "\n".join(body) + "\n  return\n}\n")
+    decls = [f"func.func private @{func_name}({', '.join(types)}) -> ({rtypes})"]
+    prep = []
+    if prepared:
+        wtypes = [inputs[i].mlir for i in weights]
+        decls.append(f"func.func private @{PREPARE_FUNC}({', '.join(wtypes)}) -> "
+                     f"({', '.join(t.mlir for t in prepared)})")
+        prep = [f"  %t{i} = bufferization.to_tensor %in{i} restrict : {inputs[i].memref} to {inputs[i].mlir}"
+                for i in weights]
+        many_p = len(prepared) > 1
+        prep.append(f"  %q{':' + str(len(prepared)) if many_p else ''} = func.call @{PREPARE_FUNC}("
+                    f"{', '.join(f'%t{i}' for i in weights)}) : ({', '.join(wtypes)}) -> "
+                    f"({', '.join(t.mlir for t in prepared)})")
+        for j, t in enumerate(prepared):
+            prep.append(f"  %g{j} = memref.get_global @__rl_prepared{j} : {t.memref}")
+            prep.append(f"  bufferization.materialize_in_destination %q{'#' + str(j) if many_p else ''} in restrict "
+                        f"writable %g{j} : ({t.mlir}, {t.memref}) -> ()")
+    entry = f"({', '.join(args)}) attributes {{llvm.emit_c_interface}}"
+    return "\n".join(globals_ + decls) + (
+        f"\nfunc.func @{HARNESS}{entry} {{\n" + "\n".join(body) + "\n  return\n}\n"
+        f"func.func @{PREPARE}{entry} {{\n" + "\n".join(prep) + ("\n" if prep else "") + "  return\n}\n")
 
 
 def _collect(ctx):
@@ -290,11 +324,17 @@ def compile_program(program_text: str, func_name: str, inputs: Sequence[TensorTy
                 raise StageError("transform", errors[0][0], errors[0][1])
         transform_s = time.perf_counter() - t_transform
         func = [op for op in module.body.operations if op.operation.name == "func.func"][0]
+        try:
+            prepared = [TensorType(tuple(ir.RankedTensorType(t).shape), str(ir.RankedTensorType(t).element_type))
+                        for t in hoist_weight_layouts(module, func)]
+        except Exception as e:
+            raise StageError("compile", f"preparing the weights once failed: {e}") from None
         func.operation.attributes["sym_visibility"] = ir.StringAttr.get("private")
-        harness = ir.Module.parse(_harness_text(func_name, inputs, outputs))
-        hop = harness.body.operations[1]
-        hop.detach_from_parent()
-        module.body.append(hop)
+        harness = ir.Module.parse(_harness_text(func_name, inputs, outputs, weight_args(func.operation), prepared))
+        for op in list(harness.body.operations):  # all but the declarations of the functions called
+            if op.operation.name != "func.func" or len(op.operation.regions[0].blocks):
+                op.detach_from_parent()
+                module.body.append(op)
         try:
             first, rest = pipeline(parallel)
             passmanager.PassManager.parse(first).run(module.operation)
@@ -375,6 +415,7 @@ class Runner:
             o[...] = 0
         self._keep = list(inputs) + self.outs
         self.args = [ctypes.pointer(ctypes.pointer(get_ranked_memref_descriptor(a))) for a in self._keep]
+        engine.invoke(PREPARE, *self.args)  # weights packed once, as when a model loads (hoist.py)
 
     def run(self) -> float:
         t = time.perf_counter()
