@@ -27,7 +27,7 @@ HARNESS = "__rl_harness"
 PREPARE = "__rl_prepare"
 """Runs once per compiled program, before any timed call: the weights' prepared copies (hoist.py)."""
 
-CODEGEN_VERSION = 12
+CODEGEN_VERSION = 13
 """Part of the time cache's fingerprint: bump it whenever the code a given schedule
 compiles to changes (this pipeline, the harness, the transform script's epilogue), or how
 it is timed, so
@@ -43,9 +43,9 @@ OpenMP threads sleep 1 ms after a parallel region (worker.py: no spinning into t
 measurement of another process).  10: warm-up for `MeasureConfig.warmup_s` (20 ms) before the
 timed samples, not one call (`timing.sample_times`).  11: R's kernels with a number of vectors that is not
 a power of two split into native vectors (`R.emit_native_split`).  12: R's forall over the loop whose chunk
-touches the fewest elements among those of enough chunks, not the outermost (`R.parallel`).  (Weights
-prepared once, `hoist.py`, needed no bump: a program without ``{rl.weight}`` compiles to the same timed
-code, and marking one changes the program's text, which the cache keys on.)"""
+touches the fewest elements among those of enough chunks, not the outermost (`R.parallel`).  13: what a
+program computes from its weights alone (``{rl.weight}`` arguments, tensor constants) is computed
+once, before the timed calls (`hoist.py`): a transpose of an imported Linear's weight left the call."""
 
 
 def pipeline(parallel: bool) -> Tuple[str, str]:

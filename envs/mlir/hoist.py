@@ -6,7 +6,8 @@ instead of on every call.  An argument of the program's function marked ``{rl.we
 
     func.func @linear(%x: tensor<16x768xf32>, %w: tensor<768x2304xf32> {rl.weight}) -> ...
 
-is such a constant.  After the transform, the ops of the function body that read only weights
+is such a constant, and so is a tensor ``arith.constant`` (how torch-mlir imports a module's
+parameters: ``dense_resource`` blobs).  After the transform, the ops of the function body that read only weights
 and constants (P's pack of a weight into panels: a loop nest from the weight into a fresh
 tensor) move into a function of their own, `PREPARE_FUNC`; their results that the rest of the
 body reads become extra arguments of the program's function.  The harness (compile.py) runs
@@ -65,8 +66,6 @@ def hoist_weight_layouts(module, func) -> list:
     func = func.operation
     body = func.regions[0].blocks[0]
     weights = [body.arguments[i] for i in weight_args(func)]
-    if not weights:
-        return []
     top = [o.operation for o in body.operations][:-1]  # the return stays
     constants, moved = [], []
     known = set(weights)  # values a moved op may read: weights, constants, other moved ops' results
@@ -76,6 +75,8 @@ def hoist_weight_layouts(module, func) -> list:
         if op.name in _CONSTANT_OPS and not reads:
             constants.append(op)
             known.update(op.results)
+            if op.name == "arith.constant" and isinstance(op.results[0].type, ir.RankedTensorType):
+                derived.update(op.results)  # a parameter imported as a constant tensor
             continue
         static = all(isinstance(r.type, ir.RankedTensorType) and ir.RankedTensorType(r.type).has_static_shape
                      for r in op.results)

@@ -2,7 +2,9 @@
 
 Each generator takes shape parameters and returns (MLIR text, FLOPs, bytes
 moved). Convolutions and pooling take a pre-padded input, as a model's padded
-layer sees it; the padding itself is exercised by the imported blocks.
+layer sees it; the padding itself is exercised by the imported blocks. A
+layer's parameters (a matmul's or a convolution's weights, a bias) are
+arguments marked ``{rl.weight}``: constants of the model (envs/mlir/hoist.py).
 """
 from __future__ import annotations
 
@@ -15,6 +17,12 @@ Gen = Callable[..., Tuple[str, int, int]]
 
 def _t(*shape) -> str:
     return f"tensor<{'x'.join(map(str, shape))}xf32>"
+
+
+def _weight(t: str) -> str:
+    """A layer's parameter (a weight, a bias): a constant of the model, prepared once when a
+    schedule packs it (envs/mlir/hoist.py)."""
+    return f"{t} {{rl.weight}}"
 
 
 def _parallel(n: int) -> str:
@@ -30,7 +38,7 @@ def _fill(name: str, shape, value: str = "0.0") -> str:
 
 def matmul(m: int, n: int, k: int) -> Tuple[str, int, int]:
     a, b, c = _t(m, k), _t(k, n), _t(m, n)
-    text = (f"func.func @matmul(%a: {a}, %b: {b}) -> {c} {{\n" + _fill("acc", (m, n)) +
+    text = (f"func.func @matmul(%a: {a}, %b: {_weight(b)}) -> {c} {{\n" + _fill("acc", (m, n)) +
             f"  %r = linalg.matmul ins(%a, %b : {a}, {b}) outs(%acc : {c}) -> {c}\n"
             f"  return %r : {c}\n}}\n")
     return text, 2 * m * n * k, 4 * (m * k + k * n + m * n)
@@ -55,7 +63,8 @@ def _bias_relu(src: str, out_shape, bias_dim: int) -> str:
 
 def matmul_bias_relu(m: int, n: int, k: int) -> Tuple[str, int, int]:
     a, b, c = _t(m, k), _t(k, n), _t(m, n)
-    text = (f"func.func @matmul_bias_relu(%a: {a}, %b: {b}, %bias: {_t(n)}) -> {c} {{\n" + _fill("acc", (m, n)) +
+    text = (f"func.func @matmul_bias_relu(%a: {a}, %b: {_weight(b)}, %bias: {_weight(_t(n))}) -> {c} {{\n"
+            + _fill("acc", (m, n)) +
             f"  %r = linalg.matmul ins(%a, %b : {a}, {b}) outs(%acc : {c}) -> {c}\n" +
             _bias_relu("r", (m, n), 1) + f"  return %y : {c}\n}}\n")
     return text, 2 * m * n * k + 2 * m * n, 4 * (m * k + k * n + n + m * n)
@@ -89,7 +98,7 @@ def conv2d(h: int, w: int, c: int, f: int, k: int, stride: int, layout: str = "n
         op, bias_dim = "linalg.conv_2d_nchw_fchw", 1
     else:
         raise ValueError(f"layout must be nhwc or nchw, got {layout!r}")
-    args = f"%i: {ti}, %w: {tw}" + (f", %bias: {_t(f)}" if bias_relu else "")
+    args = f"%i: {ti}, %w: {_weight(tw)}" + (f", %bias: {_weight(_t(f))}" if bias_relu else "")
     name = f"conv2d_{layout}" + ("_bias_relu" if bias_relu else "")
     text = (f"func.func @{name}({args}) -> {_t(*to)} {{\n" + _fill("acc", to) +
             f"  %r = {op} {_attrs(stride)} ins(%i, %w : {ti}, {tw}) outs(%acc : {_t(*to)}) -> {_t(*to)}\n")
@@ -104,7 +113,7 @@ def conv2d(h: int, w: int, c: int, f: int, k: int, stride: int, layout: str = "n
 def depthwise(h: int, w: int, c: int, k: int, stride: int) -> Tuple[str, int, int]:
     oh, ow = _out(h, k, stride), _out(w, k, stride)
     ti, tw, to = _t(1, h, w, c), _t(k, k, c), (1, oh, ow, c)
-    text = (f"func.func @depthwise(%i: {ti}, %w: {tw}) -> {_t(*to)} {{\n" + _fill("acc", to) +
+    text = (f"func.func @depthwise(%i: {ti}, %w: {_weight(tw)}) -> {_t(*to)} {{\n" + _fill("acc", to) +
             f"  %r = linalg.depthwise_conv_2d_nhwc_hwc {_attrs(stride)} ins(%i, %w : {ti}, {tw}) "
             f"outs(%acc : {_t(*to)}) -> {_t(*to)}\n  return %r : {_t(*to)}\n}}\n")
     return text, 2 * oh * ow * c * k * k, 4 * (h * w * c + k * k * c + oh * ow * c)
