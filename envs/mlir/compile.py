@@ -21,7 +21,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from .hoist import PREPARE_FUNC, hoist_weight_layouts, weight_args
-from .program import DTYPES, TensorType
+from .program import DTYPES, TensorType, tensor_type
 
 HARNESS = "__rl_harness"
 PREPARE = "__rl_prepare"
@@ -259,8 +259,7 @@ def _harness_text(func_name: str, inputs: Sequence[TensorType], outputs: Sequenc
         wtypes = [inputs[i].mlir for i in weights]
         decls.append(f"func.func private @{PREPARE_FUNC}({', '.join(wtypes)}) -> "
                      f"({', '.join(t.mlir for t in prepared)})")
-        prep = [f"  %t{i} = bufferization.to_tensor %in{i} restrict : {inputs[i].memref} to {inputs[i].mlir}"
-                for i in weights]
+        prep = [body[i] for i in weights]  # the weights' to_tensor, as the harness has them
         many_p = len(prepared) > 1
         prep.append(f"  %q{':' + str(len(prepared)) if many_p else ''} = func.call @{PREPARE_FUNC}("
                     f"{', '.join(f'%t{i}' for i in weights)}) : ({', '.join(wtypes)}) -> "
@@ -325,8 +324,7 @@ def compile_program(program_text: str, func_name: str, inputs: Sequence[TensorTy
         transform_s = time.perf_counter() - t_transform
         func = [op for op in module.body.operations if op.operation.name == "func.func"][0]
         try:
-            prepared = [TensorType(tuple(ir.RankedTensorType(t).shape), str(ir.RankedTensorType(t).element_type))
-                        for t in hoist_weight_layouts(module, func)]
+            prepared = [tensor_type(t) for t in hoist_weight_layouts(module, func)]
         except Exception as e:
             raise StageError("compile", f"preparing the weights once failed: {e}") from None
         func.operation.attributes["sym_visibility"] = ir.StringAttr.get("private")

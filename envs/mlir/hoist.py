@@ -49,11 +49,14 @@ def _external(op) -> list:
     return [v for v in reads if v not in inside]
 
 
-def _func_of(op):
+def _in_func(op, func):
+    """The op of `func`'s body that holds `op` (itself if it is one); None if `op` is not in `func`."""
     op = op.operation
-    while op is not None and op.name != "func.func":
-        op = op.parent.operation if op.parent is not None else None
-    return op
+    while op.parent is not None:
+        if op.parent.operation == func:
+            return op
+        op = op.parent.operation
+    return None
 
 
 def hoist_weight_layouts(module, func) -> list:
@@ -88,14 +91,8 @@ def hoist_weight_layouts(module, func) -> list:
         return []
     staying = [op for op in top if op not in moved and op not in constants] + [body.operations[len(top)].operation]
 
-    def top_of(o):
-        o = o.operation
-        while o.parent is not None and o.parent.operation != func:
-            o = o.parent.operation
-        return o
-
     stay = set(staying)
-    frontier = [r for op in moved for r in op.results if any(top_of(u.owner) in stay for u in r.uses)]
+    frontier = [r for op in moved for r in op.results if any(_in_func(u.owner, func) in stay for u in r.uses)]
     if not frontier:
         return []
     with ir.InsertionPoint(module.body):
@@ -121,7 +118,7 @@ def hoist_weight_layouts(module, func) -> list:
     for v in frontier:  # the body reads each prepared value from a new argument
         arg = body.add_argument(v.type, ir.Location.unknown())
         for use in list(v.uses):
-            if _func_of(use.owner) == func:
+            if _in_func(use.owner, func) is not None:
                 use.owner.operands[use.operand_number] = arg
     with ir.InsertionPoint(ret):
         func_d.ReturnOp(frontier)

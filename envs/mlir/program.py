@@ -133,7 +133,8 @@ def _linearize(expr, num_dims: int, where: str) -> Tuple[int, ...]:
     raise ValueError(f"{where}: non-linear indexing expression {expr}")
 
 
-def _tensor_type(t: ir.Type) -> Optional[TensorType]:
+def tensor_type(t: ir.Type) -> Optional[TensorType]:
+    """`t` as a TensorType; None unless it is a static-shape ranked tensor."""
     if not isinstance(t, ir.RankedTensorType):
         return None
     rt = t
@@ -278,7 +279,7 @@ def _build(text: str, source: str) -> Program:
     inputs, outputs = [], []
     for kind, types, out in (("argument", ftype.inputs, inputs), ("result", ftype.results, outputs)):
         for i, t in enumerate(types):
-            tt = _tensor_type(t)
+            tt = tensor_type(t)
             if tt is None:
                 why = "dynamic shape" if isinstance(t, ir.RankedTensorType) else "not a ranked tensor"
                 raise MlirInputError(source, f"@{func_name} {kind} #{i} has type {t}: {why}; only static-shape "
