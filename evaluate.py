@@ -131,11 +131,11 @@ def agent_schedules(policy: List, random: List) -> List:
 
 
 def policy_trials(env, module, benchmark: str, samples: int, seed: int = 0) -> List:
-    """(schedule, speedup) of the policy's greedy episode, then of `samples - 1` sampled ones, measured."""
-    infos = [policy_episode(env, module, benchmark, deterministic=True)]
-    infos += [policy_episode(env, module, benchmark, deterministic=False, rng_seed=seed + k)
-              for k in range(samples - 1)]
-    return [(i["schedule"], i["speedup"] or 0.0) for i in infos]
+    """(schedule, speedup) of `samples` distinct schedules of the policy (`policy_schedules`: its
+    greedy episode, then sampled ones), measured: a schedule sampled again is not measured again
+    (fewer measurements when the policy seldom varies)."""
+    from envs.search import measure_schedules
+    return measure_schedules(env, benchmark, policy_schedules(env, module, benchmark, samples, seed)).trials
 
 
 def evaluate_checkpoint(checkpoint: str, split: str = "eval", suite: str = "", benchmarks: Optional[List[str]] = None,
@@ -194,7 +194,7 @@ def evaluate_checkpoint(checkpoint: str, split: str = "eval", suite: str = "", b
             # their search-time figures are luck.
             picks = dict(zip(("policy", "random", "greedy"), [
                 remeasured_best(fresh, program, r.top_of(samples), base) for r in (
-                    SearchResult(name, "", 1.0, len(trials), [], trials),
+                    SearchResult.of(name, trials),
                     random_search(env, name, samples, seed), greedy_search(env, name, samples, seed=seed))]))
             chosen = picks["policy"][0]
             if rounds:  # then the picks and the untransformed program timed in turn: the medians count

@@ -67,7 +67,7 @@ def main() -> int:
         trials = {"random": random_search(env, name, args.budget, args.seed)}
         if module is not None:
             pol = policy_trials(env, module, name, 8, args.seed)
-            trials["policy"] = SearchResult(name, "", 1.0, len(pol), [], pol)
+            trials["policy"] = SearchResult.of(name, pol)
         base = fresh.baseline(program)
         picks = {"untransformed": ("", base)}
         if module is not None:

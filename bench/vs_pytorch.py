@@ -265,13 +265,11 @@ def main() -> int:
             if "greedy" in searches:
                 trials["greedy"] = greedy_search(env, name, args.budget, seed=args.seed)
             if args.checkpoint:
-                pol = policy_trials(env, module, name, 8, args.seed)
-                trials["policy"] = SearchResult(name, "", 1.0, len(pol), list(np.maximum.accumulate(
-                    [max(1.0, sp) for _, sp in pol])), pol)
+                trials["policy"] = SearchResult.of(name, policy_trials(env, module, name, 8, args.seed))
             if model is not None:
                 trials["model"] = ranked_search(env, name, 8, model, pool=args.pool, seed=args.seed)
                 if args.checkpoint:
-                    proposed = policy_schedules(env, module, name, args.policy_pool)
+                    proposed = policy_schedules(env, module, name, args.policy_pool, args.seed)
                     trials["policy_model"] = ranked_search(env, name, 8, model, candidates=lambda p: proposed)
                     if args.refine:
                         trials["policy_climb"] = ranked_search(env, name, 8, model, candidates=lambda p: proposed,

@@ -11,7 +11,7 @@ from envs import (RECHECK, EnvConfig, InvalidActionError, MlirScheduleEnv, greed
                   remeasured_best)
 from envs.search import interleaved, timed_in_rounds
 from envs.action_space import Pending
-from envs.mlir import ACTIONS, MeasureConfig, Measurer, Schedule
+from envs.mlir import ACTIONS, MeasureConfig, Measurer, ProgramState, Schedule
 
 # One small benchmark per family of the shipped training suite.
 FAMILY_BENCHMARKS = [
@@ -214,6 +214,31 @@ def test_bad_settings_name_the_setting(tmp_path):
         MlirScheduleEnv(_cfg(tmp_path, benchmarks=["nope"]))
     with pytest.raises(ValueError, match="no such suite file"):
         MlirScheduleEnv(_cfg(tmp_path, suite=str(tmp_path / "none.parquet")))
+
+
+def test_random_search_measures_each_schedule_once(tmp_path):
+    """Uniform episodes of a small program repeat; random search's budget is spent on distinct ones."""
+    name = "resnet_18_layer1_residual_add"
+    e = MlirScheduleEnv(_cfg(tmp_path, benchmarks=[name]))
+    try:
+        program, rng, raw = e.load(name), np.random.default_rng(0), []
+        for _ in range(24):
+            ps = ProgramState(program, e.cfg.actions)
+            while not ps.done:
+                for a in e.layout.sample_actions(ps, rng):
+                    ps.step(a)
+            raw.append(str(ps.schedule()))
+        assert len(set(raw)) < len(raw)
+        e.measurer.baseline(program)
+        before = dict(e.measurer.counts)
+        r = random_search(e, name, budget=24, seed=0)
+        assert r.measurements == len({s for s, _ in r.trials}) == 24
+        # Each compiled and run once; the cache answers only the baseline (and NT, which is the baseline).
+        untransformed = sum(Schedule.parse(s).for_program(program).is_empty for s, _ in r.trials)
+        assert e.measurer.counts["measured"] - before["measured"] == 24 - untransformed
+        assert e.measurer.counts["cache_hits"] - before["cache_hits"] == 1 + untransformed
+    finally:
+        e.close()
 
 
 def test_search_baselines_spend_their_budget_and_find_faster_code(env):

@@ -416,6 +416,33 @@ def test_evaluate_on_the_checkpoint(smoke_run, tmp_path):
     assert bad.returncode == 2 and "--rounds must be >= 0, got -1" in bad.stderr
 
 
+def test_the_policys_best_of_k_measures_distinct_schedules_greedy_first(smoke_run, tmp_path):
+    """policy_trials (evaluate.py's and the stick's policy_8): the greedy episode, then sampled ones,
+    a schedule sampled again not measured again, so that k measurements are k schedules."""
+    from evaluate import load_module, policy_episode, policy_trials
+    out, r = smoke_run
+    ckpt = sorted(os.path.join(root, d) for root, dirs, _ in os.walk(out / "results") for d in dirs
+                  if d.startswith("checkpoint_"))[-1]
+    module = load_module(ckpt)
+    name, k = "gpt_2_residual_add", 16  # one op, few schedules: the policy's samples repeat
+    e = MlirScheduleEnv({"split": "eval", "benchmarks": [name],
+                         "measure": {"threads": 1, "repetitions": 1, "cache_dir": str(tmp_path / "cache")}})
+    try:
+        raw = [policy_episode(e, module, name, deterministic=j < 0, rng_seed=None if j < 0 else 5 + j,
+                              measure=False)["schedule"] for j in range(-1, 4 * k)]
+        assert len(set(raw)) < len(raw)  # samples do repeat here
+        before = dict(e.measurer.counts)
+        trials = policy_trials(e, module, name, k, seed=5)
+        assert [s for s, _ in trials] == list(dict.fromkeys(raw))[:k]
+        # One compile and run each (the cache held only the baseline, which NT is).
+        program = e.load(name)
+        untransformed = sum(Schedule.parse(s).for_program(program).is_empty for s, _ in trials)
+        assert e.measurer.counts["measured"] - before["measured"] == len(trials) - untransformed
+        assert all(sp > 0 for _, sp in trials), trials  # each measured, correct
+    finally:
+        e.close()
+
+
 def test_agent_pool_puts_the_policy_first_and_adds_only_new_random_schedules():
     from envs.mlir import Schedule
     from evaluate import agent_schedules
