@@ -6,8 +6,8 @@
     python evaluate.py --checkpoint DIR --mlir mm.mlir --torch mymodel:model  # and its ratio to PyTorch
     python evaluate.py --checkpoint DIR --cost-model cost_model.pt   # the model picks which schedules to measure
 
-For each benchmark the policy schedules greedily (plus `--samples - 1`
-sampled episodes; with `--cost-model`, the policy proposes `--pool` schedules
+For each benchmark the policy schedules greedily (plus sampled episodes, to
+`--samples` distinct schedules; with `--cost-model`, the policy proposes `--pool` schedules
 and a cost model trained on the time cache, `envs.cost_model`, picks the
 `--samples` to measure), and random and greedy search get the same number of
 measurements. Each method's best 3 are measured again from scratch (no cache)
