@@ -130,12 +130,13 @@ def agent_schedules(policy: List, random: List) -> List:
     return list(policy) + [s for s in random if str(s) not in seen]
 
 
-def policy_trials(env, module, benchmark: str, samples: int, seed: int = 0) -> List:
+def policy_trials(env, module, benchmark: str, samples: int, seed: int = 0, temperature: float = 1.0) -> List:
     """(schedule, speedup) of `samples` distinct schedules of the policy (`policy_schedules`: its
-    greedy episode, then sampled ones), measured: a schedule sampled again is not measured again
-    (fewer measurements when the policy seldom varies)."""
+    greedy episode, then sampled ones at `temperature`), measured: a schedule sampled again is not
+    measured again (fewer measurements when the policy seldom varies)."""
     from envs.search import measure_schedules
-    return measure_schedules(env, benchmark, policy_schedules(env, module, benchmark, samples, seed)).trials
+    return measure_schedules(env, benchmark, policy_schedules(env, module, benchmark, samples, seed,
+                                                              temperature)).trials
 
 
 def evaluate_checkpoint(checkpoint: str, split: str = "eval", suite: str = "", benchmarks: Optional[List[str]] = None,

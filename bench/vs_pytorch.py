@@ -132,6 +132,9 @@ def main() -> int:
                     help="random schedules the cost model ranks (4096: chosen on held-out training programs, "
                          "bench/cost_model.py)")
     ap.add_argument("--policy-pool", type=int, default=64, help="policy schedules the cost model ranks")
+    ap.add_argument("--temperature", type=float, default=1.0,
+                    help="the policy's sampled episodes divide its logits by this (> 1: more diverse; its "
+                         "greedy episode stays greedy); for policy_8 and the policy's pool")
     ap.add_argument("--refine", type=int, default=4,
                     help="with --checkpoint and --cost-model, policy_climb_8: of its 8 measurements the last "
                          "REFINE climb from the fastest measured (0: no such column; 4: bench/cost_model.py on "
@@ -160,6 +163,8 @@ def main() -> int:
         ap.error(f"--rounds must be >= 1, got {args.rounds}")
     if not 0 <= args.refine <= 8:
         ap.error(f"--refine must be 0 to 8 (of policy_climb_8's 8 measurements), got {args.refine}")
+    if args.temperature <= 0:
+        ap.error(f"--temperature must be > 0, got {args.temperature}")
     if args.torch_times:
         _torch_times_main(args.torch_times, args.threads or 1)
         return 0
@@ -179,7 +184,8 @@ def main() -> int:
     threads = args.threads or available_cpus()
     rows = bench_rows(args.only, args.split)
     settings = {k: getattr(args, k) for k in ("budget", "checkpoint", "cost_model", "pool", "policy_pool", "seed",
-                                              "rounds", "tile_candidates", "no_search", "no_greedy", "refine")}
+                                              "rounds", "tile_candidates", "no_search", "no_greedy", "refine",
+                                              "temperature")}
     settings["threads"] = threads
     kept = _resumable(args.out, settings) if args.resume else {}
     if not args.resume and os.path.exists(args.out):  # a new run: the last result is not lost to its first row
@@ -265,11 +271,12 @@ def main() -> int:
             if "greedy" in searches:
                 trials["greedy"] = greedy_search(env, name, args.budget, seed=args.seed)
             if args.checkpoint:
-                trials["policy"] = SearchResult.of(name, policy_trials(env, module, name, 8, args.seed))
+                trials["policy"] = SearchResult.of(name, policy_trials(env, module, name, 8, args.seed,
+                                                                       args.temperature))
             if model is not None:
                 trials["model"] = ranked_search(env, name, 8, model, pool=args.pool, seed=args.seed)
                 if args.checkpoint:
-                    proposed = policy_schedules(env, module, name, args.policy_pool, args.seed)
+                    proposed = policy_schedules(env, module, name, args.policy_pool, args.seed, args.temperature)
                     trials["policy_model"] = ranked_search(env, name, 8, model, candidates=lambda p: proposed)
                     if args.refine:
                         trials["policy_climb"] = ranked_search(env, name, 8, model, candidates=lambda p: proposed,
