@@ -443,6 +443,28 @@ def test_the_policys_best_of_k_measures_distinct_schedules_greedy_first(smoke_ru
         e.close()
 
 
+def test_temperature_bench_samples_the_policy_hotter_on_training_programs_only(smoke_run, tmp_path):
+    """bench/policy_temperature.py: the policy's best of k distinct schedules per temperature, on
+    training programs; an eval-split name is refused."""
+    out, r = smoke_run
+    ckpt = sorted(os.path.join(root, d) for root, dirs, _ in os.walk(out / "results") for d in dirs
+                  if d.startswith("checkpoint_"))[-1]
+    cmd = [sys.executable, "bench/policy_temperature.py", "--checkpoint", ckpt, "--threads", "1", "--k", "3",
+           "--temperatures", "1", "8", "--out", str(tmp_path / "t.json")]
+    bad = subprocess.run(cmd + ["--only", "gpt_2_residual_add"], capture_output=True, text=True, timeout=300,
+                         cwd=ROOT)
+    assert bad.returncode == 1 and "no training benchmark named gpt_2_residual_add" in bad.stderr
+    got = subprocess.run(cmd + ["--only", "resnet_18_layer1_residual_add"], capture_output=True, text=True,
+                         timeout=300, cwd=ROOT)
+    assert got.returncode == 0, got.stderr[-3000:]
+    res = json.load(open(tmp_path / "t.json"))
+    (row,) = res["rows"]
+    for t in ("1.0", "8.0"):
+        e = row["temperatures"][t]
+        assert 1 <= e["distinct"] <= 3 and e["speedup"] > 0
+    assert set(res["geomean"]) == {"1.0", "8.0"} and "T=8: best of 3 distinct" in got.stdout
+
+
 def test_agent_pool_puts_the_policy_first_and_adds_only_new_random_schedules():
     from envs.mlir import Schedule
     from evaluate import agent_schedules
