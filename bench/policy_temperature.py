@@ -44,23 +44,12 @@ def main() -> int:
     args = ap.parse_args()
     if any(t <= 0 for t in args.temperatures):
         ap.error(f"--temperatures must be > 0, got {args.temperatures}")
-    import pyarrow.parquet as pq
-    from envs import MlirScheduleEnv, SearchResult, remeasured_best
-    from envs.mlir import MeasureConfig, Measurer
-    from envs.suites import suite_path, write_suite
+    from bench.selection import training_setup
+    from envs import SearchResult, remeasured_best
     from evaluate import load_module, policy_trials
     from rllib_models.callbacks import geomean
     only = args.only if args.only is not None else validation_programs()
-    rows = [r for r in pq.read_table(suite_path("train")).to_pylist() if r["name"] in set(only)]
-    missing = sorted(set(only) - {r["name"] for r in rows})
-    if missing:
-        raise SystemExit(f"no training benchmark named {', '.join(missing)} (the eval split is not for choosing)")
-    tmp = tempfile.TemporaryDirectory()
-    suite = os.path.join(tmp.name, "rows.parquet")
-    write_suite(rows, suite)
-    env = MlirScheduleEnv({"suite": suite, "measure": {"threads": args.threads, "repetitions": 3,
-                                                       "cache_dir": os.path.join(tmp.name, "cache")}})
-    fresh = Measurer(MeasureConfig(threads=args.threads, repetitions=5))
+    rows, tmp, env, fresh = training_setup(only, args.threads)
     module = load_module(args.checkpoint)
     out, t0 = [], time.time()
     try:

@@ -29,6 +29,26 @@ TEN = ["bert_base_ffn_output", "bert_base_attention_q_k_v_projection", "vgg_16_f
        "resnet_50_layer2_3x3_bias_relu"]
 
 
+def training_setup(names, threads: int):
+    """(rows, temp dir, env, fresh) for these training programs (never the eval split: the benches
+    that choose look at training programs only): an env over them with a cache of its own in the
+    temp dir, and a Measurer with no cache for re-measuring winners."""
+    import pyarrow.parquet as pq
+    from envs import MlirScheduleEnv
+    from envs.mlir import MeasureConfig, Measurer
+    from envs.suites import suite_path, write_suite
+    rows = [r for r in pq.read_table(suite_path("train")).to_pylist() if r["name"] in set(names)]
+    missing = sorted(set(names) - {r["name"] for r in rows})
+    if missing:
+        raise SystemExit(f"no training benchmark named {', '.join(missing)} (the eval split is not for choosing)")
+    tmp = tempfile.TemporaryDirectory()
+    suite = os.path.join(tmp.name, "rows.parquet")
+    write_suite(rows, suite)
+    env = MlirScheduleEnv({"suite": suite, "measure": {"threads": threads, "repetitions": 3,
+                                                       "cache_dir": os.path.join(tmp.name, "cache")}})
+    return rows, tmp, env, Measurer(MeasureConfig(threads=threads, repetitions=5))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", default="", help="also the policy's best of 8 (an RLlib checkpoint)")
@@ -40,22 +60,10 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "selection.json"))
     args = ap.parse_args()
-    import pyarrow.parquet as pq
-    from envs import MlirScheduleEnv, SearchResult, random_search, remeasured_best
-    from envs.mlir import MeasureConfig, Measurer
+    from envs import SearchResult, random_search, remeasured_best
     from envs.search import timed_in_rounds
-    from envs.suites import suite_path, write_suite
     from rllib_models.callbacks import geomean
-    rows = [r for r in pq.read_table(suite_path("train")).to_pylist() if r["name"] in set(args.only)]
-    missing = sorted(set(args.only) - {r["name"] for r in rows})
-    if missing:
-        raise SystemExit(f"no training benchmark named {', '.join(missing)}")
-    tmp = tempfile.TemporaryDirectory()
-    suite = os.path.join(tmp.name, "rows.parquet")
-    write_suite(rows, suite)
-    env = MlirScheduleEnv({"suite": suite, "measure": {"threads": args.threads, "repetitions": 3,
-                                                       "cache_dir": os.path.join(tmp.name, "cache")}})
-    fresh = Measurer(MeasureConfig(threads=args.threads, repetitions=5))
+    rows, tmp, env, fresh = training_setup(args.only, args.threads)
     module = None
     if args.checkpoint:
         from evaluate import load_module, policy_trials
