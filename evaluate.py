@@ -6,8 +6,8 @@
     python evaluate.py --checkpoint DIR --mlir mm.mlir --torch mymodel:model  # and its ratio to PyTorch
     python evaluate.py --checkpoint DIR --cost-model cost_model.pt   # the model picks which schedules to measure
 
-For each benchmark the policy schedules greedily (plus sampled episodes, to
-`--samples` distinct schedules; with `--cost-model`, the policy proposes `--pool` schedules
+For each benchmark the policy schedules greedily (plus episodes sampled at `--temperature`,
+to `--samples` distinct schedules; with `--cost-model`, the policy proposes `--pool` schedules
 and a cost model trained on the time cache, `envs.cost_model`, picks the
 `--samples` to measure), and random and greedy search get the same number of
 measurements. Each method's best 3 are measured again from scratch (no cache)
@@ -31,6 +31,12 @@ from typing import Dict, List, Optional
 
 from rllib_models.callbacks import geomean
 
+# The policy's sampled episodes (its best of k after the greedy one) divide its logits by this.
+# At 1 a trained policy repeats itself: the main job's best checkpoint sampled ONE distinct
+# schedule in 33 episodes on 12 of the 16 eval programs, so its best of 8 was its best of 1.
+# Chosen on the main job's validation programs, never the eval split: bench/policy_temperature.py
+# (docs/ENV.md, "Sampling the policy").
+SAMPLE_TEMPERATURE = 4.0
 
 
 def run_env_config(checkpoint: str):
@@ -104,7 +110,8 @@ def policy_episode(env, module, benchmark: str, deterministic: bool, rng_seed: O
     return info
 
 
-def policy_schedules(env, module, benchmark: str, n: int, seed: int = 0, temperature: float = 1.0) -> List:
+def policy_schedules(env, module, benchmark: str, n: int, seed: int = 0,
+                     temperature: float = SAMPLE_TEMPERATURE) -> List:
     """Up to `n` distinct schedules of the policy, none measured: its greedy episode first, then
     sampled ones (what `envs.search.ranked_search` ranks with a cost model)."""
     from envs.mlir import Schedule
@@ -130,7 +137,8 @@ def agent_schedules(policy: List, random: List) -> List:
     return list(policy) + [s for s in random if str(s) not in seen]
 
 
-def policy_trials(env, module, benchmark: str, samples: int, seed: int = 0, temperature: float = 1.0) -> List:
+def policy_trials(env, module, benchmark: str, samples: int, seed: int = 0,
+                  temperature: float = SAMPLE_TEMPERATURE) -> List:
     """(schedule, speedup) of `samples` distinct schedules of the policy (`policy_schedules`: its
     greedy episode, then sampled ones at `temperature`), measured: a schedule sampled again is not
     measured again (fewer measurements when the policy seldom varies)."""
@@ -142,7 +150,8 @@ def policy_trials(env, module, benchmark: str, samples: int, seed: int = 0, temp
 def evaluate_checkpoint(checkpoint: str, split: str = "eval", suite: str = "", benchmarks: Optional[List[str]] = None,
                         samples: int = 4, env_overrides: Optional[Dict] = None, out: str = "",
                         mlir_file: str = "", output_mlir: str = "", seed: int = 0, torch_ref: str = "",
-                        cost_model: str = "", pool: int = 64, rounds: int = 3) -> List[Dict]:
+                        cost_model: str = "", pool: int = 64, rounds: int = 3,
+                        temperature: float = SAMPLE_TEMPERATURE) -> List[Dict]:
     from envs import MlirScheduleEnv, SearchResult, greedy_search, random_search, ranked_search, remeasured_best
     from envs.search import timed_in_rounds
     from envs.mlir import Measurer, Program, Schedule, build_script, write_transformed
@@ -184,9 +193,10 @@ def evaluate_checkpoint(checkpoint: str, split: str = "eval", suite: str = "", b
         for name in env.names:
             if model is not None:  # the policy proposes, the cost model picks which to measure
                 trials = ranked_search(env, name, samples, model,
-                                       candidates=lambda p: policy_schedules(env, module, name, pool, seed)).trials
+                                       candidates=lambda p: policy_schedules(env, module, name, pool, seed,
+                                                                             temperature)).trials
             else:
-                trials = policy_trials(env, module, name, samples, seed)
+                trials = policy_trials(env, module, name, samples, seed, temperature)
             program = env.load(name)
             base = fresh.baseline(program)
             if not base.ok:  # MlirInputError naming the program, as Measurer.evaluate raises it
@@ -322,6 +332,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3,
                     help="each method's pick and the untransformed program timed this many times in turn; the "
                          "medians count (0: the picks' own re-measures)")
+    ap.add_argument("--temperature", type=float, default=SAMPLE_TEMPERATURE,
+                    help=f"the policy's sampled episodes divide its logits by this (default {SAMPLE_TEMPERATURE:g}, "
+                         f"chosen on validation programs; 1: as trained); its greedy episode stays greedy")
     ap.add_argument("--out", default="evaluation.csv", help="results file (.csv or .parquet)")
     ap.add_argument("-o", "--output-mlir", default="", help="with --mlir: write the transformed module here")
     ap.add_argument("--torch", default="", metavar="MODULE:NAME",
@@ -340,11 +353,14 @@ def main(argv=None) -> int:
             raise ValueError("--samples must be >= 1")
         if args.rounds < 0:
             raise ValueError(f"--rounds must be >= 0, got {args.rounds}")
+        if args.temperature <= 0:
+            raise ValueError(f"--temperature must be > 0, got {args.temperature}")
         if args.torch and not args.mlir:
             raise ValueError("--torch goes with --mlir (the suites' own PyTorch twins: bench/vs_pytorch.py)")
         evaluate_checkpoint(args.checkpoint, suite=args.benchmarks, benchmarks=args.only, samples=args.samples,
                             env_overrides=overrides, out=args.out, mlir_file=args.mlir, output_mlir=args.output_mlir,
-                            torch_ref=args.torch, cost_model=args.cost_model, pool=args.pool, rounds=args.rounds)
+                            torch_ref=args.torch, cost_model=args.cost_model, pool=args.pool, rounds=args.rounds,
+                            temperature=args.temperature)
     except (MlirInputError, SuiteError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

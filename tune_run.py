@@ -123,6 +123,33 @@ def module_config(cfg: Dict[str, Any], env: Dict[str, Any]) -> Dict[str, Any]:
     return {**_search_space(cfg["model"]), "action_layout": ActionLayout(ec.features, ec.actions).spec()}
 
 
+EVALUATE_KEYS = ("split", "benchmarks", "samples", "rounds", "temperature")
+
+
+def closing_evaluation(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """``run.evaluate``, checked before training (not after it): evaluate_checkpoint's settings."""
+    from evaluate import SAMPLE_TEMPERATURE
+    ev = cfg["run"].get("evaluate") or {}
+    where = f"{cfg['_path']}: run.evaluate"
+    if not isinstance(ev, dict):
+        raise ConfigError(f"{where} must be a mapping ({', '.join(EVALUATE_KEYS)})")
+    unknown = [k for k in ev if k not in EVALUATE_KEYS]
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting {unknown[0]!r}; settings: {', '.join(EVALUATE_KEYS)}")
+    try:
+        out = {"split": str(ev.get("split", "eval")), "benchmarks": ev.get("benchmarks"),
+               "samples": int(ev.get("samples", 4)), "rounds": int(ev.get("rounds", 3)),
+               "temperature": float(ev.get("temperature", SAMPLE_TEMPERATURE))}
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+    for k, low in (("samples", 1), ("rounds", 0)):
+        if out[k] < low:
+            raise ConfigError(f"{where}.{k} must be >= {low}, got {out[k]}")
+    if out["temperature"] <= 0:
+        raise ConfigError(f"{where}.temperature must be > 0, got {out['temperature']}")
+    return out
+
+
 def validation(cfg: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     """``run.validate`` ({benchmarks: [...], every: N}), checked: training-suite programs
     the run does not train on, none of the eval split."""
@@ -480,6 +507,7 @@ def main(argv=None) -> int:
             res["custom_resources_per_env_runner"] = _resources(args.env_runner_resources)
         run["results_dir"] = os.path.abspath(os.path.expanduser(run.get("results_dir", "~/mlir_rl_results")))
         run.setdefault("name", cfg["model"].get("model_type", "run"))
+        closing_evaluation(cfg)  # a bad setting named now, not after training
         if args.dry_run:
             dry_run(cfg)
             return 0
@@ -590,10 +618,7 @@ def train(cfg: Dict[str, Any], args) -> int:
         ray.shutdown()
     if not args.no_eval:
         from evaluate import evaluate_checkpoint
-        ev = dict(run.get("evaluate") or {})
-        evaluate_checkpoint(checkpoint, split=ev.get("split", "eval"), benchmarks=ev.get("benchmarks"),
-                            samples=int(ev.get("samples", 4)), rounds=int(ev.get("rounds", 3)),
-                            env_overrides=config.env_config,
+        evaluate_checkpoint(checkpoint, **closing_evaluation(cfg), env_overrides=config.env_config,
                             out=os.path.join(exp_dir, "evaluation.csv"))
     return 1 if errors else 0
 

@@ -36,7 +36,7 @@ def main() -> int:
     ap.add_argument("--checkpoint", required=True, help="an RLlib checkpoint (or its module folder)")
     ap.add_argument("--only", nargs="*", default=None,
                     help="training benchmarks (default: the main job's validation programs)")
-    ap.add_argument("--temperatures", nargs="+", type=float, default=[1.0, 2.0, 4.0])
+    ap.add_argument("--temperatures", nargs="+", type=float, default=[1.0, 2.0, 4.0, 8.0])
     ap.add_argument("--k", type=int, default=8, help="distinct schedules measured per program and temperature")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)

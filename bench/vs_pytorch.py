@@ -8,7 +8,8 @@ inputs), timed in this run with the same threads as our code (before and
 after the searches; the faster counts); the untransformed
 program; random search and greedy search (best of the first 8 and of all
 `--budget` measurements); and, with `--checkpoint`, the policy (its greedy
-episode, and the best of that and 7 sampled ones); with `--cost-model`, the
+episode, and the best of that and 7 distinct sampled ones, at `--temperature`);
+with `--cost-model`, the
 best 8 of `--pool` random schedules by the cost model (model_8; model_1 its
 top pick alone) and of `--policy-pool` schedules of the policy (policy_model_8,
 policy_model_1: the agent with its cost model), and policy_climb_8: the model's
@@ -110,6 +111,7 @@ def quiet_torch_time(twin, threads: int) -> float:
 
 
 def main() -> int:
+    from evaluate import SAMPLE_TEMPERATURE
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", type=int, default=256, help="measurements of random and of greedy search")
@@ -132,9 +134,10 @@ def main() -> int:
                     help="random schedules the cost model ranks (4096: chosen on held-out training programs, "
                          "bench/cost_model.py)")
     ap.add_argument("--policy-pool", type=int, default=64, help="policy schedules the cost model ranks")
-    ap.add_argument("--temperature", type=float, default=1.0,
-                    help="the policy's sampled episodes divide its logits by this (> 1: more diverse; its "
-                         "greedy episode stays greedy); for policy_8 and the policy's pool")
+    ap.add_argument("--temperature", type=float, default=SAMPLE_TEMPERATURE,
+                    help=f"the policy's sampled episodes divide its logits by this (default {SAMPLE_TEMPERATURE:g}, "
+                         f"evaluate.py's, chosen on validation programs; 1: as trained; its greedy episode stays "
+                         f"greedy); for policy_8 and the policy's pool")
     ap.add_argument("--refine", type=int, default=4,
                     help="with --checkpoint and --cost-model, policy_climb_8: of its 8 measurements the last "
                          "REFINE climb from the fastest measured (0: no such column; 4: bench/cost_model.py on "

@@ -4,6 +4,7 @@ import itertools
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -325,6 +326,16 @@ def test_bad_run_config_is_a_clear_error(tmp_path):
     r = subprocess.run([sys.executable, "tune_run.py", "--config", str(bad), "--dry-run"], capture_output=True,
                        text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 2 and "env.reward" in r.stderr and "Traceback" not in r.stderr
+    # The closing evaluation's settings are checked before training, not after it.
+    import tune_run
+    from evaluate import SAMPLE_TEMPERATURE
+    for ev, msg in (("{temperature: 0}", "run.evaluate.temperature must be > 0, got 0.0"),
+                    ("{samples: 4, temprature: 2}", "run.evaluate: unknown setting 'temprature'")):
+        bad.write_text(f"model: {{model_type: lstm}}\nrun: {{evaluate: {ev}}}\n")
+        with pytest.raises(tune_run.ConfigError, match=re.escape(f"{bad}: {msg}")):
+            tune_run.closing_evaluation(tune_run.load_config(str(bad)))
+    assert tune_run.closing_evaluation(tune_run.load_config(os.path.join(ROOT, "tune_configs", "lstm.yaml"))) == {
+        "split": "eval", "benchmarks": None, "samples": 4, "rounds": 3, "temperature": SAMPLE_TEMPERATURE}
 
 
 @pytest.fixture(scope="module")
@@ -414,12 +425,15 @@ def test_evaluate_on_the_checkpoint(smoke_run, tmp_path):
     bad = subprocess.run([sys.executable, "evaluate.py", "--checkpoint", ckpt, "--threads", "1", "--rounds", "-1"],
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert bad.returncode == 2 and "--rounds must be >= 0, got -1" in bad.stderr
+    bad = subprocess.run([sys.executable, "evaluate.py", "--checkpoint", ckpt, "--temperature", "0"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert bad.returncode == 2 and "--temperature must be > 0, got 0.0" in bad.stderr
 
 
 def test_the_policys_best_of_k_measures_distinct_schedules_greedy_first(smoke_run, tmp_path):
     """policy_trials (evaluate.py's and the stick's policy_8): the greedy episode, then sampled ones,
     a schedule sampled again not measured again, so that k measurements are k schedules."""
-    from evaluate import load_module, policy_episode, policy_trials
+    from evaluate import SAMPLE_TEMPERATURE, load_module, policy_episode, policy_trials
     out, r = smoke_run
     ckpt = sorted(os.path.join(root, d) for root, dirs, _ in os.walk(out / "results") for d in dirs
                   if d.startswith("checkpoint_"))[-1]
@@ -429,7 +443,7 @@ def test_the_policys_best_of_k_measures_distinct_schedules_greedy_first(smoke_ru
                          "measure": {"threads": 1, "repetitions": 1, "cache_dir": str(tmp_path / "cache")}})
     try:
         raw = [policy_episode(e, module, name, deterministic=j < 0, rng_seed=None if j < 0 else 5 + j,
-                              measure=False)["schedule"] for j in range(-1, 4 * k)]
+                              measure=False, temperature=SAMPLE_TEMPERATURE)["schedule"] for j in range(-1, 4 * k)]
         assert len(set(raw)) < len(raw)  # samples do repeat here
         before = dict(e.measurer.counts)
         trials = policy_trials(e, module, name, k, seed=5)
