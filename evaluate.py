@@ -35,7 +35,7 @@ from rllib_models.callbacks import geomean
 # At 1 a trained policy repeats itself: the main job's best checkpoint sampled ONE distinct
 # schedule in 33 episodes on 12 of the 16 eval programs, so its best of 8 was its best of 1.
 # Chosen on the main job's validation programs, never the eval split: bench/policy_temperature.py
-# (docs/ENV.md, "Sampling the policy").
+# (docs/ENV.md, "Baselines").
 SAMPLE_TEMPERATURE = 4.0
 
 

@@ -6,13 +6,14 @@ measures the model's best 8 of POOL random schedules, evolved GENERATIONS
 times on the model first; a variant `policy:POOL:GENERATIONS` (with
 `--checkpoint`) ranks POOL distinct schedules of the policy instead (its
 greedy episode, then sampled ones; evaluate.py's `--cost-model` search),
-`policy:POOL:GENERATIONS:T` with its logits divided by T (more diverse);
+sampled with its logits divided by `evaluate.SAMPLE_TEMPERATURE` (4; before
+commit f120769, by 1) or by T in `policy:POOL:GENERATIONS:T`;
 `agent:POOL:RANDOM` ranks the policy's POOL and RANDOM random schedules
 together (`evaluate.agent_schedules`). A suffix `+rK` on any variant spends the
 last K of its measurements climbing from the fastest one measured
 (`ranked_search`'s `refine`: the model picks among its mutations).
 Random search's best of 8 and of 256, and with `--checkpoint` the policy's
-own best of 8 (greedy, then 7 sampled episodes, measured), are the
+own best of 8 (greedy, then 7 distinct sampled episodes, measured), are the
 yardsticks. Every winner is then measured again from scratch, all variants in
 turn, `--repeats` times (the median counts), so that the machine's drift hits
 them alike. Speedups are over the untransformed program, measured in the same
@@ -44,14 +45,16 @@ sys.path.insert(0, ROOT)
 
 
 def main() -> int:
+    from evaluate import SAMPLE_TEMPERATURE  # the policy's pools sampled as evaluate.py samples them
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cost-model", required=True, nargs="+",
                     help="one model, or several (each variant runs with each; labelled by file name)")
     ap.add_argument("--only", nargs="+", required=True, help="training programs the model has not learned from")
     ap.add_argument("--variants", nargs="+", default=["4096:0", "1024:0", "1024:4"],
-                    help="POOL:GENERATIONS each (random schedules), policy:POOL:GENERATIONS (the policy's), or "
-                         "agent:POOL:RANDOM (both); +rK: the last K measurements climb from the fastest")
+                    help="POOL:GENERATIONS each (random schedules), policy:POOL:GENERATIONS[:TEMPERATURE] (the "
+                         "policy's, sampled at evaluate.SAMPLE_TEMPERATURE unless given), or agent:POOL:RANDOM "
+                         "(both); +rK: the last K measurements climb from the fastest")
     ap.add_argument("--checkpoint", default="", help="a policy (tune_run.py checkpoint) for policy:... variants; "
                                                      "adds policy_8, its own best of 8")
     ap.add_argument("--budget", type=int, default=8, help="measurements of each ranked search")
@@ -95,7 +98,7 @@ def main() -> int:
             if len(parts) not in {"random": (2,), "policy": (2, 3), "agent": (2,)}[kind]:
                 raise ValueError(v)
             pool, gens = int(parts[0]), int(parts[1])  # agent: the policy's pool, then the random pool
-            temp = float(parts[2]) if len(parts) == 3 else 1.0
+            temp = float(parts[2]) if len(parts) == 3 else SAMPLE_TEMPERATURE
             if temp <= 0 or pool < 1 or gens < 0:
                 raise ValueError(v)
         except ValueError:
@@ -106,9 +109,9 @@ def main() -> int:
             ap.error(f"--variants {v}: a {kind} variant needs --checkpoint")
         for label, model in models.items():
             name = f"{label} " if len(models) > 1 else ""
-            t = (f" T {temp:g}" if temp != 1.0 else "") + (f" refine {refine}" if refine else "")
+            t = f" T {temp:g}" + (f" refine {refine}" if refine else "")
             if kind == "agent":
-                variants.append((f"{name}agent_{args.budget} pool {pool}+{gens}{t}", model, kind, pool, 0, 1.0, gens,
+                variants.append((f"{name}agent_{args.budget} pool {pool}+{gens}{t}", model, kind, pool, 0, temp, gens,
                                  refine))
             else:
                 variants.append((f"{name}{'policy_model' if kind == 'policy' else 'model'}_{args.budget} pool {pool} "

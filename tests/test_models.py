@@ -491,6 +491,7 @@ def test_agent_pool_puts_the_policy_first_and_adds_only_new_random_schedules():
 def test_cost_model_bench_judges_a_policy_with_its_cost_model(smoke_run, tmp_path):
     """bench/cost_model.py's policy variants (the search settings of policy + cost model, chosen on
     held-out training programs): the policy's schedules ranked, and the policy's own best of k."""
+    from evaluate import SAMPLE_TEMPERATURE
     out, r = smoke_run
     ckpt = sorted(os.path.join(root, d) for root, dirs, _ in os.walk(out / "results") for d in dirs
                   if d.startswith("checkpoint_"))[-1]
@@ -510,7 +511,7 @@ def test_cost_model_bench_judges_a_policy_with_its_cost_model(smoke_run, tmp_pat
     r = subprocess.run(cmd + ["--checkpoint", ckpt], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.load(open(tmp_path / "cm.json"))
-    assert res["methods"] == ["policy_model_2 pool 4 gen 0 T 2", "agent_2 pool 4+8 refine 1", "policy_2"]
+    assert res["methods"] == ["policy_model_2 pool 4 gen 0 T 2", f"agent_2 pool 4+8 T {SAMPLE_TEMPERATURE:g} refine 1", "policy_2"]
     assert res["checkpoint"] == ckpt
     row = res["rows"][0]["methods"]
     for m in res["methods"]:  # a winner re-measured ("": none beat the untransformed program)
