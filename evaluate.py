@@ -39,6 +39,15 @@ from rllib_models.callbacks import geomean
 SAMPLE_TEMPERATURE = 4.0
 
 
+def check_settings(samples: int, rounds: int, temperature: float, name=lambda key: f"--{key}") -> None:
+    """ValueError naming the evaluation setting at fault (`name`: how the caller spells it, an
+    option here, ``run.evaluate.<key>`` in a run's YAML)."""
+    for key, value, ok, bound in (("samples", samples, samples >= 1, ">= 1"), ("rounds", rounds, rounds >= 0, ">= 0"),
+                                  ("temperature", temperature, temperature > 0, "> 0")):
+        if not ok:
+            raise ValueError(f"{name(key)} must be {bound}, got {value}")
+
+
 def run_env_config(checkpoint: str):
     """(env config, its path) of the run that wrote `checkpoint` (its env_config.json, a few
     folders up), or (None, "") when there is none."""
@@ -349,12 +358,7 @@ def main(argv=None) -> int:
     print(f"timing threads: {threads} ({where})")
     overrides = {"measure": {"threads": threads}}
     try:
-        if args.samples < 1:
-            raise ValueError("--samples must be >= 1")
-        if args.rounds < 0:
-            raise ValueError(f"--rounds must be >= 0, got {args.rounds}")
-        if args.temperature <= 0:
-            raise ValueError(f"--temperature must be > 0, got {args.temperature}")
+        check_settings(args.samples, args.rounds, args.temperature)
         if args.torch and not args.mlir:
             raise ValueError("--torch goes with --mlir (the suites' own PyTorch twins: bench/vs_pytorch.py)")
         evaluate_checkpoint(args.checkpoint, suite=args.benchmarks, benchmarks=args.only, samples=args.samples,

@@ -128,7 +128,7 @@ EVALUATE_KEYS = ("split", "benchmarks", "samples", "rounds", "temperature")
 
 def closing_evaluation(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """``run.evaluate``, checked before training (not after it): evaluate_checkpoint's settings."""
-    from evaluate import SAMPLE_TEMPERATURE
+    from evaluate import SAMPLE_TEMPERATURE, check_settings
     ev = cfg["run"].get("evaluate") or {}
     where = f"{cfg['_path']}: run.evaluate"
     if not isinstance(ev, dict):
@@ -142,11 +142,10 @@ def closing_evaluation(cfg: Dict[str, Any]) -> Dict[str, Any]:
                "temperature": float(ev.get("temperature", SAMPLE_TEMPERATURE))}
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {e}") from None
-    for k, low in (("samples", 1), ("rounds", 0)):
-        if out[k] < low:
-            raise ConfigError(f"{where}.{k} must be >= {low}, got {out[k]}")
-    if out["temperature"] <= 0:
-        raise ConfigError(f"{where}.temperature must be > 0, got {out['temperature']}")
+    try:
+        check_settings(out["samples"], out["rounds"], out["temperature"], name=lambda key: f"{where}.{key}")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return out
 
 
