@@ -103,9 +103,11 @@ def env_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     env = copy.deepcopy(cfg["env"])
     held = (cfg["run"].get("validate") or {}).get("benchmarks")
     if held and not env.get("benchmarks") and not env.get("suite") and env.get("split", "train") == "train":
-        # The whole training split but the validation programs, which must stay held out.
-        from envs.suites import load_suite, suite_path
-        env["benchmarks"] = [b.name for b in load_suite(suite_path("train")) if b.name not in set(held)]
+        # The whole training split but the validation programs, which must stay held out, and the
+        # imported blocks, which the measuring stick judges.
+        from envs.suites import is_imported, load_suite, suite_path
+        env["benchmarks"] = [b.name for b in load_suite(suite_path("train"))
+                             if b.name not in set(held) and not is_imported(b.family)]
     measure = env.setdefault("measure", {})
     measure["threads"] = timing_threads(cfg)
     measure["cache_dir"] = os.path.expanduser(measure.get("cache_dir") or default_cache_dir())
@@ -155,18 +157,21 @@ def validation(cfg: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     val = cfg["run"].get("validate")
     if not val:
         return None
-    from envs.suites import load_suite, suite_path
+    from envs.suites import is_imported, load_suite, suite_path
     names = list(val.get("benchmarks") or [])
     where = f"{cfg['_path']}: run.validate"
     if not names:
         raise ConfigError(f"{where}.benchmarks: name the held-out training programs to validate on")
     if cfg["env"].get("suite") or cfg["env"].get("split", "train") != "train":
         raise ConfigError(f"{where}: validation is defined on the shipped train split only")
-    train = {b.name for b in load_suite(suite_path("train"))}
+    train = {b.name: b for b in load_suite(suite_path("train"))}
     evals = {b.name for b in load_suite(suite_path("eval"))}
     for n in names:
         if n in evals:
             raise ConfigError(f"{where}: {n} is in the eval split, which is for evaluation only")
+        if n in train and is_imported(train[n].family):
+            raise ConfigError(f"{where}: {n} is an imported block, a row of the measuring stick "
+                              "(bench/vs_pytorch.py): no checkpoint may be chosen on it")
         if n not in train:
             raise ConfigError(f"{where}: no training program named {n}")
         if n in (cfg["env"].get("benchmarks") or ()):

@@ -532,19 +532,22 @@ def test_validation_never_looks_at_the_eval_split_nor_at_trained_programs(tmp_pa
     import tune_run
     base = tune_run.load_config(os.path.join(ROOT, "tune_configs", "smoke.yaml"))
     for names, msg in ((["gpt_2_residual_add"], "eval split"), (["resnet_18_fc_batch_8"], "also trained on"),
-                       (["no_such_program"], "no training program")):
+                       (["no_such_program"], "no training program"),
+                       (["bert_base_ffn_block"], "imported block, a row of the measuring stick")):
         cfg = dict(base, run=dict(base["run"], validate={"benchmarks": names}))
         with pytest.raises(tune_run.ConfigError, match=msg):
             tune_run.build_algo_config(cfg)
     cfg = dict(base, env=dict(base["env"], measure={"threads": 2}), resources=dict(base["resources"]))
     with pytest.raises(tune_run.ConfigError, match="must reserve the CPUs it times on"):
         tune_run.build_algo_config(cfg)
-    # Without a list of programs the run trains on the whole split but the validation programs.
+    # Without a list of programs the run trains on the whole split but the validation programs and
+    # the imported blocks (stick rows).
     held = ["resnet_18_layer2_relu", "vgg_16_pool4_2x2_2"]
     cfg = dict(base, env={k: v for k, v in base["env"].items() if k != "benchmarks"},
                run=dict(base["run"], validate={"benchmarks": held}))
     trained = tune_run.env_config(cfg)["benchmarks"]
-    assert len(trained) == 39 - 2 and not set(held) & set(trained)
+    assert len(trained) == 39 - 2 - 2 and not set(held) & set(trained)
+    assert not {"resnet_18_layer1_basic_block", "bert_base_ffn_block"} & set(trained)
 
 
 def test_env_runners_build_an_inference_only_module(env, observations):

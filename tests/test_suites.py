@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from envs.mlir import Program
-from envs.suites import COLUMNS, SuiteError, load_suite, suite_path, write_suite
+from envs.suites import COLUMNS, SuiteError, load_suite, matched_holdout, suite_path, write_suite
 
 from conftest import MATMUL
 
@@ -55,6 +55,43 @@ def test_every_benchmark_parses_and_is_small(suites):
     # The scaled shape is recorded beside the layer's own.
     conv = next(b for b in suites["train"] if b.name == "resnet_18_layer1_conv_3x3")
     assert conv.shape["layer"]["h"] == 58 and conv.shape["scaled"]["h"] < 58
+
+
+def test_validation_programs_are_matched_to_the_trained_ones_without_the_stick(suites):
+    """The validation rule (run.validate): per trained program, the held-out one of its family with
+    the most window traits in common; never a trained program or an imported block."""
+    train = suites["train"]
+    by = {b.name: b for b in train}
+    # A strided NHWC 3x3 conv finds the other strided NHWC 3x3 (ResNet-50's), not a stride-1 one
+    # of its own model; a matmul + bias + ReLU finds the only other one.
+    assert matched_holdout(["resnet_18_layer2_conv_3x3_2"], train) == ["resnet_50_layer4_3x3_2"]
+    assert matched_holdout(["bert_base_ffn_intermediate_bias_relu"], train) == ["vgg_16_fc6_bias_relu_batch_8"]
+    # Trained programs are never chosen; two trained ones that match the same program name it once.
+    got = matched_holdout(["resnet_18_layer2_conv_3x3_2", "resnet_50_layer4_3x3_2"], train)
+    assert got == ["resnet_18_conv1_7x7_2"]  # stride 2 and NHWC for both: their one best match
+    both = ["mobilenetv2_block2_depthwise_3x3_2", "mobilenetv2_block2_depthwise_3x3_2"]
+    assert matched_holdout(both, train) == ["mobilenetv2_block1_depthwise_3x3"]
+    # An imported block has no validation twin (its family's only other rows are stick rows).
+    assert matched_holdout(["resnet_18_layer1_basic_block"], train) == []
+    trained = [b.name for b in train if not b.family.startswith("imported_")][::3]
+    for n in matched_holdout(trained, train):
+        assert n not in trained and not by[n].family.startswith("imported_")
+    with pytest.raises(SuiteError, match="no_such"):
+        matched_holdout(["no_such"], train)
+    # The shipped run configs validate on exactly what the rule picks for the main job's programs.
+    import yaml
+    lstm = yaml.safe_load(open(os.path.join(ROOT, "tune_configs", "lstm.yaml")))
+    want = matched_holdout(lstm["env"]["benchmarks"], train)
+    assert len(want) == 8
+    for name in ("lstm", "lstm_long", "distilbert_small"):
+        cfg = yaml.safe_load(open(os.path.join(ROOT, "tune_configs", f"{name}.yaml")))
+        assert cfg["run"]["validate"]["benchmarks"] == want, name
+    out = subprocess.run([sys.executable, "-m", "envs.suites", "holdout", *lstm["env"]["benchmarks"]],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and f"benchmarks: [{', '.join(want)}]" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "envs.suites", "holdout", "no_such"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "train.parquet: no benchmark named no_such" in out.stderr
 
 
 def test_suite_from_a_folder(tmp_path):

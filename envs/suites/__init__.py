@@ -56,11 +56,51 @@ def suite_path(split: str) -> str:
     return os.path.join(SUITE_DIR, f"{split}.parquet")
 
 
+def is_imported(family: str) -> bool:
+    """A block imported from PyTorch: a measuring-stick row whichever split holds it."""
+    return family.startswith("imported_")
+
+
 def measuring_stick_rows() -> List[Dict]:
     """The programs evaluation is judged on: the eval split and the imported blocks of every split
     (`bench/vs_pytorch.py`'s rows; no training-side choice, nor the cost model, may learn from them)."""
     rows = pq.read_table(suite_path("eval")).to_pylist()
-    return rows + [r for r in pq.read_table(suite_path("train")).to_pylist() if r["family"].startswith("imported_")]
+    return rows + [r for r in pq.read_table(suite_path("train")).to_pylist() if is_imported(r["family"])]
+
+
+# Window ops' (convolutions', pools') shape traits that decide their schedules most.
+WINDOW_TRAITS = ("k", "stride", "layout")
+
+
+def matched_holdout(trained: Sequence[str], rows: Sequence[Benchmark]) -> List[str]:
+    """Validation programs chosen from the training split alone: for each program trained on, in
+    order, the held-out program most like it. Most like: the same family; then the most of kernel
+    size, stride and layout in common (window ops); then the same source model; then suite order.
+    Never a trained program nor an imported block (a measuring-stick row); a family with nothing
+    held out gets none; a program two trained ones match is named once."""
+    by = {b.name: b for b in rows}
+    unknown = [n for n in trained if n not in by]
+    if unknown:
+        raise SuiteError(f"no benchmark named {', '.join(unknown)}")
+
+    def traits(b: Benchmark) -> Dict:
+        layer = b.shape.get("layer")
+        return layer if isinstance(layer, dict) and "stride" in layer else {}
+
+    out: List[str] = []
+    for n in trained:
+        t = by[n]
+        cands = [(i, b) for i, b in enumerate(rows)
+                 if b.family == t.family and b.name not in trained and not is_imported(b.family)]
+        if not cands:
+            continue
+        want = traits(t)
+        _, best = min(cands, key=lambda ib: (-sum(k in want and traits(ib[1]).get(k) == want[k]
+                                                  for k in WINDOW_TRAITS),
+                                             ib[1].source_model != t.source_model, ib[0]))
+        if best.name not in out:
+            out.append(best.name)
+    return out
 
 
 def load_suite(path: str, names: Optional[Sequence[str]] = None) -> List[Benchmark]:

@@ -5,6 +5,8 @@
   python -m envs.suites from-folder DIR -o FILE.parquet [--split NAME] [--check-time]
       a suite from a folder of .mlir files (each checked by the MLIR layer)
   python -m envs.suites list FILE.parquet
+  python -m envs.suites holdout NAME [NAME ...]
+      the validation programs matched to the training programs named (run.validate.benchmarks)
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import sys
 import time
 from typing import Dict, List
 
-from . import SUITE_DIR, SuiteError, load_suite, write_suite
+from . import SUITE_DIR, SuiteError, load_suite, matched_holdout, suite_path, write_suite
 
 
 def _slug(text: str) -> str:
@@ -130,6 +132,17 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_holdout(args) -> int:
+    load_suite(suite_path("train"), args.names)  # an unknown name: an error naming the suite file
+    rows = load_suite(suite_path("train"))
+    names = matched_holdout(args.names, rows)
+    by = {b.name: b for b in rows}
+    for n in names:
+        print(f"{n:<55} {by[n].family:<24} {by[n].layer}")
+    print("benchmarks: [" + ", ".join(names) + "]")
+    return 0
+
+
 def main(argv=None) -> int:
     from envs.mlir.config import available_cpus
     ap = argparse.ArgumentParser(prog="python -m envs.suites", description=__doc__.split("\n\n")[0])
@@ -148,9 +161,11 @@ def main(argv=None) -> int:
         p.add_argument("--threads", type=int, default=available_cpus())
     lp = sub.add_parser("list", help="list a suite file")
     lp.add_argument("file")
+    hp = sub.add_parser("holdout", help="validation programs matched to the training programs named")
+    hp.add_argument("names", nargs="+", metavar="NAME", help="programs of the train split trained on")
     args = ap.parse_args(argv)
     try:
-        return {"build": cmd_build, "from-folder": cmd_from_folder, "list": cmd_list}[args.cmd](args)
+        return {"build": cmd_build, "from-folder": cmd_from_folder, "list": cmd_list, "holdout": cmd_holdout}[args.cmd](args)
     except SuiteError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
