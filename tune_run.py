@@ -106,8 +106,9 @@ def env_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
         # The whole training split but the validation programs, which must stay held out, and the
         # imported blocks, which the measuring stick judges.
         from envs.suites import is_imported, load_suite, suite_path
+        held = set(held)
         env["benchmarks"] = [b.name for b in load_suite(suite_path("train"))
-                             if b.name not in set(held) and not is_imported(b.family)]
+                             if b.name not in held and not is_imported(b.family)]
     measure = env.setdefault("measure", {})
     measure["threads"] = timing_threads(cfg)
     measure["cache_dir"] = os.path.expanduser(measure.get("cache_dir") or default_cache_dir())

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..mlir.config import MeasureConfig
 from ..mlir.timing import sample_times, timed
+from . import is_imported
 
 FAMILY_GEN = {"matmul": "matmul", "matmul_bias_relu": "matmul_bias_relu", "batch_matmul": "batch_matmul",
               "conv2d": "conv2d", "conv_bias_relu": "conv2d", "depthwise_conv": "depthwise_conv",
@@ -99,7 +100,7 @@ def torch_twin(row: Dict, inputs: Sequence[np.ndarray]) -> TorchTwin:
     family = row["family"]
     if family in FAMILY_GEN:
         return _twin_generated(FAMILY_GEN[family], json.loads(row["params"])["scaled"], inputs)
-    if family.startswith("imported_"):
+    if is_imported(family):
         import torch
         if not _BLOCKS:
             from .models import imported_blocks
